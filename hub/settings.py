@@ -1,0 +1,259 @@
+"""Deployment settings, read from the environment (compose passes `.env` through).
+
+Every setting is defined once, in `SETTINGS` below, with its help text; `.env.example`
+documents the same names (a test keeps the two in step). `load()` checks them all and
+reports every problem at once, each naming its variable, so an admin fixes `.env` in
+one go instead of one restart per typo.
+"""
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """One or more settings are missing or malformed."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__(
+            "gpuhub cannot start, fix these settings (in .env):\n"
+            + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+# -- parsers: take the raw string, return the value or raise ValueError(expected) --
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_SIZE = re.compile(r"^[1-9][0-9]*[kmgtKMGT]?$")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def text(raw):
+    return raw.strip()
+
+
+def hostname(raw):
+    value = raw.strip().lower()
+    if _HOSTNAME.match(value):
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("a host name such as hub.example.edu, or an IP address") from None
+
+
+def port(raw):
+    value = integer(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("a port number from 1 to 65535")
+    return value
+
+
+def integer(raw):
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("a whole number") from None
+
+
+def non_negative(raw):
+    value = integer(raw)
+    if value < 0:
+        raise ValueError("a whole number, 0 or more")
+    return value
+
+
+def boolean(raw):
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("true or false")
+
+
+def size(raw):
+    """Docker-style sizes: 512m, 8g, 1073741824; empty means no limit."""
+    value = raw.strip()
+    if value and not _SIZE.match(value):
+        raise ValueError("a size such as 512m or 8g, or empty for none")
+    # JupyterHub's ByteSpecification takes only upper-case suffixes; Docker takes both
+    return value.upper() or None
+
+
+def cpus(raw):
+    value = raw.strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("a number of CPUs such as 2 or 0.5, or empty for none") from None
+    if not 0 < number <= 1024:
+        raise ValueError("a number of CPUs above 0, such as 2 or 0.5")
+    return number
+
+
+def url(raw):
+    value = raw.strip()
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def docker_name(raw):
+    value = raw.strip()
+    if not _NAME.match(value):
+        raise ValueError("letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return value
+
+
+def image(raw):
+    value = raw.strip()
+    repository = value.split("@")[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]  # drop the tag, keep a registry port
+    # Docker refuses upper-case repository names: say so now, not at the first spawn.
+    if not repository or repository != repository.lower() or any(c.isspace() for c in value):
+        raise ValueError("an image reference such as gpuhub/tensorflow-2.9-gpu:2024.1 (lower case, no spaces)")
+    return value
+
+
+def names(raw):
+    """Comma- or space-separated names, kept in order without repeats."""
+    seen = []
+    for item in re.split(r"[,\s]+", raw.strip()):
+        if item and item not in seen:
+            seen.append(item)
+    return tuple(seen)
+
+
+def choice(*options):
+    def parse(raw):
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError("one of: " + ", ".join(options))
+        return value
+
+    parse.options = options
+    return parse
+
+
+def non_root(raw):
+    value = raw.strip()
+    uid, _, gid = value.partition(":")
+    if not (uid.isdigit() and (gid == "" or gid.isdigit())) or int(uid) == 0:
+        raise ValueError("a numeric UID:GID other than root, such as 1000:100")
+    return value
+
+
+def absolute_path(raw):
+    value = raw.strip()
+    if not value.startswith("/"):
+        raise ValueError("an absolute path")
+    return value.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: object
+    default: str | None  # None: required
+    help: str
+    attr: str = field(default="")
+
+    @property
+    def key(self):
+        return self.attr or self.name.lower().removeprefix("gpuhub_")
+
+
+AUTH_PROVIDERS = ("github", "gitlab", "google", "oidc", "dummy")
+TLS_MODES = ("selfsigned", "own", "letsencrypt")
+
+SETTINGS = (
+    # -- the site --
+    Setting("GPUHUB_DOMAIN", hostname, None, "Host name students type in the browser."),
+    Setting("GPUHUB_HTTPS_PORT", port, "443", "Public HTTPS port (443 unless behind NAT)."),
+    Setting("GPUHUB_LAB_NAME", text, "GPU Hub", "The lab's name on the login and spawn pages."),
+    Setting("TLS_MODE", choice(*TLS_MODES), "selfsigned",
+            "selfsigned (generated on first start), own (tls/cert.pem + tls/key.pem) or letsencrypt.",
+            attr="tls_mode"),
+    # -- who logs in --
+    Setting("AUTH_PROVIDER", choice(*AUTH_PROVIDERS), None,
+            "github, gitlab, google, oidc; or dummy (development only, any password).",
+            attr="auth_provider"),
+    Setting("GPUHUB_ADMIN_USERS", names, "", "User names with admin rights, comma-separated."),
+    Setting("GPUHUB_DUMMY_PASSWORD", text, "",
+            "With AUTH_PROVIDER=dummy: the shared password (empty accepts any)."),
+    # -- user servers --
+    Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
+    Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
+            "Docker network of the hub, the proxy and the user containers."),
+    Setting("GPUHUB_NOTEBOOK_DIR", absolute_path, "/home/jovyan",
+            "Notebook directory in the user image; the user's volume is mounted there."),
+    Setting("GPUHUB_CONTAINER_PREFIX", docker_name, "gpuhub",
+            "Prefix of user container names ({prefix}-{username})."),
+    Setting("GPUHUB_VOLUME_PREFIX", docker_name, "gpuhub-user",
+            "Prefix of the per-user named volumes ({prefix}-{username})."),
+    Setting("GPUHUB_CONTAINER_USER", lambda raw: non_root(raw), "1000:100",
+            "UID:GID user servers run as, whatever the image says (never root)."),
+    Setting("GPUHUB_MEM_LIMIT", size, "8g", "Memory limit of a user server (empty: none)."),
+    Setting("GPUHUB_CPU_LIMIT", cpus, "4", "CPU limit of a user server (empty: none)."),
+    Setting("GPUHUB_SHM_SIZE", size, "2g", "/dev/shm of a user server, for input pipelines."),
+    Setting("GPUHUB_START_TIMEOUT", non_negative, "300",
+            "Seconds a server may take to start (image pulls of big GPU images are slow)."),
+    Setting("GPUHUB_IDLE_TIMEOUT", non_negative, "3600",
+            "Stop servers idle this many seconds (0: never); stopping frees their GPUs."),
+    # -- wiring between containers (compose sets these; change only with it) --
+    Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",
+            "How user containers and the proxy reach the hub."),
+    Setting("GPUHUB_TRAEFIK_API_URL", url, "http://proxy:8099",
+            "Traefik's API entrypoint, on the control network only."),
+    Setting("GPUHUB_ROUTES_FILE", absolute_path, "/srv/traefik-routes/hub-routes.toml",
+            "Dynamic configuration file the hub writes for Traefik's file provider."),
+    Setting("GPUHUB_TLS_DIR", absolute_path, "/certs",
+            "Where the proxy's default certificate is kept (same path in hub and proxy)."),
+    Setting("GPUHUB_OWN_TLS_DIR", absolute_path, "/srv/gpuhub/tls",
+            "With TLS_MODE=own: where the hub finds cert.pem and key.pem."),
+    Setting("GPUHUB_STATE_DIR", absolute_path, "/srv/jupyterhub",
+            "Hub state on its named volume: database, cookie secret, generated keys."),
+)
+
+
+class Settings:
+    """Parsed settings; attributes are named after the variables (GPUHUB_ dropped)."""
+
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+    def __repr__(self):
+        return f"Settings({self.__dict__!r})"
+
+    @property
+    def public_url(self):
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{self.domain}{port}/"
+
+
+def load(environ=None):
+    """Read and check every setting; raise SettingsError naming each bad variable."""
+    environ = os.environ if environ is None else environ
+    values, problems = {}, []
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None or (raw.strip() == "" and setting.default is None):
+            if setting.default is None:
+                problems.append(f"{setting.name} is not set: {setting.help}")
+                continue
+            raw = setting.default
+        try:
+            values[setting.key] = setting.parse(raw)
+        except ValueError as e:
+            problems.append(f"{setting.name}={raw!r} is not valid: expected {e}")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(values)

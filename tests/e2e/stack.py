@@ -1,0 +1,239 @@
+"""Run the deployment the way an admin does: a copy of the repository, a `.env`, and
+docker-compose. Where the `traefik:v3` image or the official base images are missing
+(this machine), `compose.standin.yml` swaps in the stand-ins and says so."""
+
+import ipaddress
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_DIR = Path(os.environ.get("GPUHUB_SCHEMA_DIR", REPO.parent / "shared" / "schemas"))
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def compose_command():
+    """`docker compose` (v2) where it exists, else docker-compose 1.29."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise RuntimeError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def traefik_image():
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    return services["proxy"]["image"]
+
+
+def image_exists(client, name):
+    try:
+        client.images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def wait_for(check, timeout, what, interval=0.5):
+    """Poll `check` until it returns a true value; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as e:  # keep polling, but report the last error
+            last_error = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_subnet(client):
+    """A /29 for the control network that no existing Docker network overlaps."""
+    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
+            for c in (n.attrs.get("IPAM", {}).get("Config") or []) if "Subnet" in c]
+    for third in range(200, 255):
+        candidate = ipaddress.ip_network(f"172.29.{third}.0/29")
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise RuntimeError("no free 172.29.x.0/29 subnet for the control network")
+
+
+def copy_repository(dest):
+    """The files an admin's clone has (tracked and untracked, not ignored), plus this
+    machine's CA bundle as an extra CA: the registries here sit behind an inspecting proxy."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    if HOST_CA.exists():
+        shutil.copy(HOST_CA, dest / "certs" / "host-ca.crt")
+
+
+class Stack:
+    """One deployment under test: its own compose project, networks and volumes."""
+
+    def __init__(self, workdir, client, name, real_traefik, extra_env=None):
+        self.dir = Path(workdir)
+        self.client = client
+        self.project = name
+        self.real_traefik = real_traefik
+        self.token = secrets.token_hex(16)
+        subnet = free_subnet(client)
+        self.prefix = f"{name}x"
+        self.env = {
+            "GPUHUB_DOMAIN": "localhost",
+            "GPUHUB_HTTP_PORT": str(free_port()),
+            "GPUHUB_HTTPS_PORT": str(free_port()),
+            "TLS_MODE": "selfsigned",
+            "AUTH_PROVIDER": "dummy",
+            "GPUHUB_DUMMY_PASSWORD": "e2e-password",
+            "GPUHUB_USER_IMAGE": f"{name}/user:e2e",
+            "GPUHUB_VERSION": "e2e",
+            "GPUHUB_USER_NETWORK": f"{name}-users",
+            "GPUHUB_CONTROL_NETWORK": f"{name}-control",
+            "GPUHUB_CONTROL_SUBNET": str(subnet),
+            "GPUHUB_PROXY_CONTROL_IP": str(subnet.network_address + 6),
+            "GPUHUB_CONTAINER_PREFIX": self.prefix,
+            "GPUHUB_VOLUME_PREFIX": f"{self.prefix}-user",
+            "GPUHUB_MEM_LIMIT": "2g",
+            "GPUHUB_CPU_LIMIT": "1",
+            "GPUHUB_IDLE_TIMEOUT": "0",
+            # the TUNA mirror is unreachable here; pip's default index is
+            "PIP_INDEX_URL": "https://pypi.org/simple",
+            "GPUHUB_SCHEMA_DIR": str(SCHEMA_DIR),
+        }
+        self.env.update(extra_env or {})
+        copy_repository(self.dir)
+        (self.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
+        (self.dir / "jupyterhub_config.d" / "90-e2e-service.py").write_text(
+            "# written by the end-to-end tests: a scoped service token for their API calls\n"
+            f"c.JupyterHub.services.append({{'name': 'e2e', 'api_token': {self.token!r}}})\n"
+            "c.JupyterHub.load_roles.append({'name': 'e2e', 'services': ['e2e'], 'scopes': "
+            "['admin:users', 'admin:servers', 'access:servers', 'list:users', 'read:metrics']})\n"
+        )
+        self.files = ["-f", "docker-compose.yml"]
+        if not real_traefik:
+            self.files += ["-f", "tests/e2e/compose.standin.yml"]
+
+    # -- compose --
+    def compose(self, *args, timeout=900, check=True):
+        cmd = compose_command() + ["-p", self.project] + self.files + list(args)
+        result = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, **self.env})
+        if check and result.returncode:
+            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def up(self):
+        self.compose("build")
+        self.compose("up", "-d")
+        self.wait_healthy()
+
+    def container(self, service):
+        found = self.client.containers.list(all=True, filters={
+            "label": [f"com.docker.compose.project={self.project}",
+                      f"com.docker.compose.service={service}"]})
+        assert found, f"no container for service {service} in project {self.project}"
+        return found[0]
+
+    def logs(self, service):
+        return self.container(service).logs(tail=200).decode(errors="replace")
+
+    def wait_healthy(self, timeout=180):
+        def healthy():
+            hub = self.container("hub")
+            hub.reload()
+            state = hub.attrs["State"]
+            if state["Status"] == "exited":
+                raise AssertionError(f"hub exited:\n{self.logs('hub')}")
+            return state.get("Health", {}).get("Status") == "healthy"
+        try:
+            wait_for(healthy, timeout, "the hub's health check")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nhub logs:\n{self.logs('hub')}") from None
+        wait_for(lambda: self.api("GET", "/").ok, 30, "the hub's REST API")
+
+    def down(self):
+        for c in self.client.containers.list(all=True, filters={"name": self.prefix}):
+            c.remove(force=True)
+        self.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+        for v in self.client.volumes.list(filters={"name": self.prefix}):
+            v.remove(force=True)
+
+    # -- what users and admins reach --
+    def ip(self, container, network=None):
+        container.reload()
+        networks = container.attrs["NetworkSettings"]["Networks"]
+        return networks[network or self.env["GPUHUB_USER_NETWORK"]]["IPAddress"]
+
+    @property
+    def hub_url(self):
+        if self.real_traefik:
+            return f"https://localhost:{self.env['GPUHUB_HTTPS_PORT']}"
+        # no Traefik here: the hub's own port, on the users network
+        return f"http://{self.ip(self.container('hub'))}:8081"
+
+    def api(self, method, path, **kwargs):
+        return requests.request(method, f"{self.hub_url}/hub/api{path}", verify=False,
+                                headers={"Authorization": f"token {self.token}"},
+                                timeout=30, **kwargs)
+
+    def routes_file(self):
+        """The dynamic configuration the hub wrote, read from the proxy's side of the volume."""
+        import io
+        import tarfile
+        import tomllib
+        stream, _ = self.container("proxy").get_archive("/etc/traefik/dynamic/hub-routes.toml")
+        tar = tarfile.open(fileobj=io.BytesIO(b"".join(stream)))
+        return tomllib.loads(tar.extractfile(tar.getmembers()[0]).read().decode())
+
+    def server_url(self, user):
+        """Where a user's server is reached: through Traefik, or at its route's target."""
+        if self.real_traefik:
+            return f"{self.hub_url}/user/{user}"
+        return self.route_target(user).rstrip("/") + f"/user/{user}"
+
+    def route_target(self, user):
+        routes = self.routes_file()["http"]
+        for router in routes["routers"].values():
+            if f"/user/{user}/" in router["rule"]:
+                return routes["services"][router["service"]]["loadBalancer"]["servers"][0]["url"]
+        raise AssertionError(f"no route for /user/{user}/ in the hub's routes file: {routes}")
+
+    def start_server(self, user, timeout=180, **options):
+        r = self.api("POST", f"/users/{user}/server", json=options)
+        assert r.status_code in (201, 202), \
+            f"start {user}: {r.status_code} {r.text}\nhub logs:\n{self.logs('hub')[-4000:]}"
+        wait_for(lambda: self.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"),
+                 timeout, f"{user}'s server to be ready")
+
+    def stop_server(self, user, timeout=120):
+        r = self.api("DELETE", f"/users/{user}/server")
+        assert r.status_code in (202, 204), f"stop {user}: {r.status_code} {r.text}"
+        wait_for(lambda: "" not in self.api("GET", f"/users/{user}").json()["servers"],
+                 timeout, f"{user}'s server to stop")
+
+    def user_container(self, user):
+        found = self.client.containers.list(all=True, filters={"name": f"{self.prefix}-{user}"})
+        return found[0] if found else None

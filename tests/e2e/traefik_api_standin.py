@@ -1,0 +1,118 @@
+"""A stand-in for Traefik's read-only API, for machines where no Traefik image exists.
+
+Used ONLY by the end-to-end tests when `traefik:v3` cannot be obtained (see DEVELOPERS.md);
+where the image exists, the tests run real Traefik instead. jupyterhub-traefik-proxy does
+not count a route as added until Traefik's API lists it, so without something answering
+that API no server could start. This stand-in answers the five requests the hub makes,
+and it answers them only from what Traefik itself would load:
+
+- the entry points come from the rendered static configuration (proxy/traefik.yml);
+- routers and services come from the dynamic configuration files in the watched
+  directory (the hub's routes file and proxy/dynamic/gpuhub.yml), each checked against
+  the Traefik v3 file-provider JSON Schema: a file that fails is not loaded, so its
+  routes never appear and the spawn fails, as it would with Traefik;
+- requests must carry the basic-auth credentials the hub wrote into that configuration.
+
+It runs inside the hub image (Python, bcrypt, jsonschema, PyYAML are there) on the
+control network, bound to the proxy's address, exactly where Traefik's API would be.
+It does not proxy user traffic: the tests reach user servers at the route's target.
+"""
+
+import base64
+import json
+import os
+import sys
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import bcrypt
+import jsonschema
+import yaml
+
+DYNAMIC_DIR, STATIC_FILE, SCHEMA_FILE, BIND = sys.argv[1:5]
+# jupyterhub-traefik-proxy keeps its own bookkeeping under this key; Traefik ignores it
+JUPYTERHUB_KEY = "jupyterhub"
+
+
+def load_file(path):
+    with open(path, "rb") as f:
+        if path.endswith(".toml"):
+            return tomllib.load(f)
+        return yaml.safe_load(f) or {}
+
+
+def dynamic_config():
+    """Merge every file Traefik's file provider would load; skip invalid ones."""
+    validator = jsonschema.Draft7Validator(json.load(open(SCHEMA_FILE)))
+    merged = {"routers": {}, "services": {}, "middlewares": {}}
+    for name in sorted(os.listdir(DYNAMIC_DIR)):
+        if not name.endswith((".toml", ".yml", ".yaml")):
+            continue
+        path = os.path.join(DYNAMIC_DIR, name)
+        try:
+            config = load_file(path)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            print(f"standin: cannot read {path}: {e}", flush=True)
+            continue
+        config.pop(JUPYTERHUB_KEY, None)
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in validator.iter_errors(config)]
+        if errors:
+            print(f"standin: {path} is not valid Traefik dynamic configuration, "
+                  f"not loaded: {errors[:5]}", flush=True)
+            continue
+        for kind in merged:
+            merged[kind].update(config.get("http", {}).get(kind, {}))
+    return merged
+
+
+def entrypoints():
+    return set(yaml.safe_load(open(STATIC_FILE)).get("entryPoints", {}))
+
+
+def authorized(header, middlewares):
+    """Check basic auth against the api router's middleware, as Traefik would."""
+    if not header or not header.startswith("Basic "):
+        return False
+    user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    for middleware in middlewares.values():
+        for entry in middleware.get("basicAuth", {}).get("users", []):
+            name, _, hashed = entry.partition(":")
+            if name == user and bcrypt.checkpw(password.encode(), hashed.encode()):
+                return True
+    return False
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        config = dynamic_config()
+        if not authorized(self.headers.get("Authorization"), config["middlewares"]):
+            return self.reply(401, {"message": "unauthorized"})
+        parts = self.path.strip("/").split("/")
+        if parts == ["api", "overview"]:
+            return self.reply(200, {"http": {k: {"total": len(v)} for k, v in config.items()}})
+        if parts[:2] == ["api", "entrypoints"] and len(parts) == 3:
+            found = parts[2] in entrypoints()
+            return self.reply(200 if found else 404, {"name": parts[2]})
+        if parts[:2] == ["api", "http"] and len(parts) == 4 and parts[2] in ("routers", "services"):
+            name, _, provider = parts[3].partition("@")
+            item = config[parts[2]].get(name) if provider == "file" else None
+            return self.reply(404, {}) if item is None else self.reply(200, item)
+        return self.reply(404, {"message": "not in the stand-in"})
+
+    def reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):
+        print("standin:", fmt % args, flush=True)
+
+
+if __name__ == "__main__":
+    host, _, port = BIND.rpartition(":")
+    print(f"standin: Traefik API stand-in on {BIND}, reading {DYNAMIC_DIR}", flush=True)
+    ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
