@@ -1,0 +1,33 @@
+# gpuhub's entry points. `make test` is the one command that runs every test.
+VENV ?= .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+UV = $(VENV)/bin/uv
+
+.PHONY: test test-fast setup lock images help
+
+help:
+	@echo "make test       install what the tests need, then run every test (as CI does)"
+	@echo "make test-fast  only the tests that need no Docker engine"
+	@echo "make images     build every image in the catalog with the mirrors from .env"
+	@echo "make lock       regenerate the hash-locked requirements from the *.in files"
+
+test: setup
+	python -m pytest
+
+test-fast:
+	python -m pytest -m "not e2e and not network"
+
+setup:
+	bash .ci/setup
+
+images:
+	python images/build
+
+$(UV):
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv
+
+# Python 3.11/3.12 for the hub (universal), 3.8 on Linux x86-64 for the user image.
+lock: $(UV)
+	cd hub && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
+	cd tests && ../$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
+	cd tests/images/tensorflow-2.9-gpu && ../../../$(UV) pip compile requirements-standin.in --python-version 3.11 --python-platform x86_64-manylinux_2_17 --generate-hashes --custom-compile-command "make lock" -q -o requirements-standin.txt
