@@ -56,6 +56,16 @@ def test_user_server_persists_work_across_removal_and_hub_restart(stack):
     assert not any("docker.sock" in (m.get("Source") or "") for m in container.attrs["Mounts"])
     assert set(container.attrs["NetworkSettings"]["Networks"]) == {stack.env["GPUHUB_USER_NETWORK"]}
 
+    # no path from the user's container to the proxy's API (control network only)
+    proxy = stack.container("proxy")
+    probe = ("import socket,sys\n"
+             "for host in sys.argv[1:]:\n"
+             "    try: socket.create_connection((host, 8099), timeout=3); print('OPEN', host)\n"
+             "    except OSError: print('closed', host)\n")
+    addresses = [stack.ip(proxy), stack.env["GPUHUB_PROXY_CONTROL_IP"]]
+    code, out = container.exec_run(["python3", "-c", probe, *addresses])
+    assert code == 0 and "OPEN" not in out.decode(), out.decode()
+
     # reach the user's Jupyter server through that target and write a file
     marker = f"written by the e2e test {uuid.uuid4()}"
     r = requests.put(contents_api(stack, user, "persist.txt"), headers=auth(stack), timeout=30,
