@@ -6,11 +6,14 @@ afterwards see a complete, predictable configuration and may change any of it.
 
 import os
 import secrets
+import sqlite3
 import sys
 
+import docker
 from traitlets.log import get_logger
 
-from . import auth, tls
+from . import auth, courses, gpus, tls
+from .gpu_api import GpuAllocationsHandler
 from .settings import SettingsError, load
 
 TRAEFIK_API_USER = "gpuhub"
@@ -26,12 +29,69 @@ def read_or_create_secret(path, nbytes=32):
         return f.read().strip()
 
 
+def known_groups(settings):
+    """Groups a catalog or a GPU cap may name: configured ones and those already in the
+    hub's database (e.g. synced from the identity provider at earlier logins)."""
+    names = set(settings.groups)
+    database = f"{settings.state_dir}/jupyterhub.sqlite"
+    if os.path.exists(database):
+        try:
+            with sqlite3.connect(database) as db:
+                names |= {row[0] for row in db.execute("SELECT name FROM groups")}
+        except sqlite3.Error:
+            pass  # a fresh database has no groups table yet
+    return names
+
+
+def running_servers(prefix):
+    """(user, server) of every user container of this hub that really runs."""
+    client = docker.from_env()
+    return {(c.labels["org.gpuhub.user"], c.labels.get("org.gpuhub.server", ""))
+            for c in client.containers.list(filters={"label": "org.gpuhub.user"})
+            if c.name.startswith(f"{prefix}-")}
+
+
+def courses_and_gpus(s, log):
+    """Load and check the catalog and the GPU inventory; reconcile allocations."""
+    catalog = courses.load_catalog(s.catalog) if s.catalog else None
+    groups = known_groups(s)
+    if catalog:
+        courses.check_groups(catalog, groups)
+        log.info("Courses from %s: %s", s.catalog, ", ".join(c.slug for c in catalog.courses))
+    policy = gpus.parse_policy(s.gpu_mode, s.gpu_max_users, s.gpu_group_caps)
+    for group in policy.group_caps:
+        if group not in groups:
+            raise gpus.GpuConfigError(f"GPUHUB_GPU_GROUP_CAPS: group {group!r} does not exist "
+                                      "(add it to GPUHUB_GROUPS)")
+    inventory = (gpus.parse_inventory(s.gpus, "GPUHUB_GPUS in .env") if s.gpus
+                 else gpus.discover_nvml(log))
+    gpu_courses = [c.slug for c in catalog.courses if c.gpus] if catalog else []
+    if gpu_courses and not inventory:
+        raise gpus.GpuConfigError(
+            f"courses {', '.join(gpu_courses)} want GPUs, but there are none: list them in "
+            "GPUHUB_GPUS (nvidia-smi -L) or let the hub see them through NVML")
+    if not inventory:
+        return catalog, None
+    for gpu in inventory:
+        log.info("GPU %s: %s %s %s", gpu.index, gpu.uuid, gpu.name,
+                 f"{gpu.memory_mib} MiB" if gpu.memory_mib else "")
+    allocator = gpus.GpuAllocator(f"sqlite:///{s.state_dir}/jupyterhub.sqlite", inventory, policy)
+    # a crash mid-spawn leaks nothing: what no running container holds is freed now
+    for stale in allocator.reconcile(running_servers(s.container_prefix)):
+        log.warning("GPU %s released from %s/%s: its server is not running",
+                    stale.gpu_uuid, stale.user, stale.server_name)
+    log.info("GPUs: %s, policy %s (max %s per GPU), %s held", len(inventory), policy.mode,
+             policy.slots, allocator.summary()["in_use"])
+    return catalog, allocator
+
+
 def apply(c, environ=None):
     log = get_logger()
     try:
         s = load(environ)
         certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
-    except (SettingsError, tls.TLSError) as e:
+        catalog, allocator = courses_and_gpus(s, log)
+    except (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError) as e:
         # A clear message and a clean exit beat a traceback from deep inside traitlets.
         print(f"\n{e}\n", file=sys.stderr)
         sys.exit(1)
@@ -70,8 +130,8 @@ def apply(c, environ=None):
     c.DockerSpawner.volumes = {f"{s.volume_prefix}-{{username}}": s.notebook_dir}
     # containers go when their server stops; volumes stay
     c.DockerSpawner.remove = True
-    c.DockerSpawner.extra_create_kwargs = {"user": s.container_user}
-    c.DockerSpawner.extra_host_config = {
+    c.GpuhubSpawner.container_user = s.container_user
+    c.GpuhubSpawner.security_host_config = {
         # reap kernels' zombies: the TF base image has no init of its own
         "init": True,
         "cap_drop": ["ALL"],
@@ -100,6 +160,12 @@ def apply(c, environ=None):
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             "services": ["idle-culler"],
         }]
+
+    c.JupyterHub.load_groups = {group: {} for group in s.groups}
+    c.GpuhubSpawner.catalog = catalog
+    c.GpuhubSpawner.gpu_allocator = allocator
+    c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator}
+    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
 
     c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name}
     return s

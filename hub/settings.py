@@ -208,6 +208,20 @@ SETTINGS = (
             "Seconds a server may take to start (image pulls of big GPU images are slow)."),
     Setting("GPUHUB_IDLE_TIMEOUT", non_negative, "3600",
             "Stop servers idle this many seconds (0: never); stopping frees their GPUs."),
+    # -- courses and GPUs --
+    Setting("GPUHUB_CATALOG", lambda raw: absolute_path(raw) if raw.strip() else None, "",
+            "Course catalog file inside the hub (catalog/ is mounted at /srv/gpuhub/catalog); "
+            "empty: everybody gets GPUHUB_USER_IMAGE."),
+    Setting("GPUHUB_GROUPS", names, "",
+            "JupyterHub groups the catalog and GPU caps may name, created at start-up "
+            "(groups synced from the identity provider count too)."),
+    Setting("GPUHUB_GPUS", text, "",
+            "GPU inventory: UUIDs or indexes, comma-separated; empty: discover through NVML."),
+    Setting("GPUHUB_GPU_MODE", text, "exclusive",
+            "exclusive (one server per GPU) or shared (up to GPUHUB_GPU_MAX_USERS per GPU)."),
+    Setting("GPUHUB_GPU_MAX_USERS", text, "1", "With GPUHUB_GPU_MODE=shared: servers per GPU."),
+    Setting("GPUHUB_GPU_GROUP_CAPS", text, "",
+            "GPUs the members of a group may hold at once, e.g. cs101=4,research=8."),
     # -- wiring between containers (compose sets these; change only with it) --
     Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",
             "How user containers and the proxy reach the hub."),

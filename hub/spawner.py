@@ -1,11 +1,213 @@
 """The spawner: DockerSpawner with gpuhub's per-user wiring.
 
-Logic (course choice, GPU allocation) lives in plain modules; this class only wires
-it into DockerSpawner's hooks, as systemdspawner keeps systemd.py apart from its spawner.
+Logic lives in plain modules (`courses` picks what a user may start, `gpus` hands out
+GPUs); this class only wires it into DockerSpawner's hooks, as systemdspawner keeps
+systemd.py apart from its spawner.
 """
 
+import asyncio
+import html
+import inspect
+
 from dockerspawner import DockerSpawner
+from tornado import web
+from traitlets import Any, Dict, default
+
+from .gpus import GroupCapReached, NoGpuAvailable
+
+
+def host_config(spawner):
+    """DockerSpawner's extra_host_config: the same lock-down for everybody, plus this
+    server's GPUs. Plain lower-case dicts: DockerSpawner renders templates into every
+    dict it gets, which would turn a docker.types.DeviceRequest into one docker-py
+    no longer accepts."""
+    config = dict(spawner.security_host_config)
+    if spawner.gpus:
+        config["device_requests"] = [{
+            "driver": "nvidia",
+            "device_ids": [gpu.uuid for gpu in spawner.gpus],
+            "capabilities": [["gpu"]],
+        }]
+    return config
+
+
+def create_kwargs(spawner):
+    """DockerSpawner's extra_create_kwargs: who the container belongs to, so the hub can
+    tell at start-up which allocations still have a running server (see gpus.reconcile)."""
+    return {
+        "user": spawner.container_user,
+        "labels": {
+            "org.gpuhub.user": spawner.user.name,
+            "org.gpuhub.server": spawner.name or "",
+        },
+    }
 
 
 class GpuhubSpawner(DockerSpawner):
-    """One container per user server, on the user network, with the user's volume."""
+    """One container per user server: the course the user picked, the GPUs it wants."""
+
+    catalog = Any(None, config=True, help="""
+        The course catalog (hub.courses.Catalog), or None for one image for everybody.
+        Example: c.GpuhubSpawner.catalog = hub.courses.load_catalog("/srv/gpuhub/catalog.yaml")
+        """)
+    gpu_allocator = Any(None, config=True, help="""
+        The GPU allocator (hub.gpus.GpuAllocator) shared by all spawners, or None when
+        the host has no GPUs. Example: c.GpuhubSpawner.gpu_allocator = GpuAllocator(...)
+        """)
+    security_host_config = Dict(config=True, help="""
+        Host config every user container gets, e.g. {"cap_drop": ["ALL"], "init": True}.
+        """)
+    container_user = Any("1000:100", config=True, help="""
+        UID:GID the container runs as, whatever the image says, e.g. "1000:100".
+        """)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.gpus = []
+
+    @default("extra_host_config")
+    def _default_extra_host_config(self):
+        return host_config
+
+    @default("extra_create_kwargs")
+    def _default_extra_create_kwargs(self):
+        return create_kwargs
+
+    # -- the course --
+    def group_names(self):
+        return sorted(group.name for group in self.user.groups)
+
+    def courses(self):
+        return self.catalog.visible_to(self.group_names()) if self.catalog else []
+
+    @default("options_form")
+    def _default_options_form(self):
+        return render_options_form
+
+    def options_from_form(self, formdata):
+        return {
+            "course": formdata.get("course", [""])[0],
+            "cpu_only": formdata.get("cpu_only", [""])[0] == "on",
+        }
+
+    def chosen_course(self):
+        """The course in user_options, checked against what this user may see."""
+        if not self.catalog:
+            return None
+        visible = self.courses()
+        slug = self.user_options.get("course") or ""
+        if not slug:
+            return next((c for c in visible if c.default), visible[0])
+        for course in visible:
+            if course.slug == slug:
+                return course
+        raise web.HTTPError(403, f"The course {slug!r} is not offered to {self.user.name}.")
+
+    # -- start and stop --
+    async def start(self):
+        course = self.chosen_course()
+        wanted = 0
+        if course:
+            self.image = course.image
+            if course.mem_limit:
+                self.mem_limit = course.mem_limit
+            if course.cpu_limit:
+                self.cpu_limit = course.cpu_limit
+            wanted = 0 if self.user_options.get("cpu_only") and course.allow_cpu else course.gpus
+        if wanted and self.gpu_allocator is None:
+            raise web.HTTPError(503, f"{course.display_name} needs {wanted} GPU(s), "
+                                     "but this hub has no GPUs configured.")
+        if wanted:
+            await self._allocate(course, wanted)
+        try:
+            return await super().start()
+        except BaseException:
+            # a failed start leaves nothing behind: no container (DockerSpawner) and no GPU
+            await self._release()
+            raise
+
+    async def _allocate(self, course, wanted):
+        loop = asyncio.get_running_loop()
+        try:
+            self.gpus = await loop.run_in_executor(
+                None, self.gpu_allocator.allocate,
+                self.user.name, self.name or "", wanted, self.group_names())
+        except (NoGpuAvailable, GroupCapReached) as e:
+            hint = (" You can start the CPU-only variant instead: tick "
+                    "'Start without a GPU' on the spawn page." if course.allow_cpu else "")
+            raise web.HTTPError(503, f"{e}{hint}") from None
+        self.log.info("Allocated %s to %s", ", ".join(g.uuid for g in self.gpus), self._log_name)
+
+    async def _release(self):
+        if self.gpu_allocator is None:
+            return
+        loop = asyncio.get_running_loop()
+        released = await loop.run_in_executor(
+            None, self.gpu_allocator.release, self.user.name, self.name or "")
+        if released:
+            self.log.info("Released %s from %s", ", ".join(released), self._log_name)
+        self.gpus = []
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            await self._release()
+
+    async def delete_forever(self):
+        await self._release()
+        result = super().delete_forever()  # synchronous in JupyterHub, may be async in subclasses
+        if inspect.isawaitable(result):
+            await result
+
+    def get_env(self):
+        env = super().get_env()
+        # "void" hides every GPU even where nvidia is Docker's default runtime and the
+        # image says NVIDIA_VISIBLE_DEVICES=all (the TensorFlow images do)
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in self.gpus) or "void"
+        if self.gpus:
+            env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+        course = self.chosen_course() if self.catalog else None
+        if course:
+            env["GPUHUB_COURSE"] = course.slug
+        return env
+
+    # -- state across hub restarts --
+    def get_state(self):
+        state = super().get_state()
+        if self.gpus:
+            state["gpus"] = [g.uuid for g in self.gpus]
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        # the database, not the saved state, says what the server holds (reconciled at start)
+        if self.gpu_allocator and state.get("gpus"):
+            self.gpus = self.gpu_allocator.held_by(self.user.name, self.name or "")
+
+
+def render_options_form(spawner):
+    """The spawn page: one choice per course this user may see (KubeSpawner-style)."""
+    courses = spawner.courses()
+    if len(courses) <= 1 and not any(c.gpus and c.allow_cpu for c in courses):
+        return ""  # nothing to choose: start the only course at once
+    summary = spawner.gpu_allocator.summary() if spawner.gpu_allocator else None
+    rows = []
+    for course in courses:
+        gpus = ""
+        if course.gpus:
+            gpus = f" · {course.gpus} GPU" + ("s" if course.gpus > 1 else "")
+            if summary:
+                gpus += f" ({summary['free']} of {summary['total']} free)"
+        checked = " checked" if course.default else ""
+        rows.append(
+            f'<label class="list-group-item">'
+            f'<input type="radio" name="course" value="{html.escape(course.slug)}"{checked}> '
+            f"<strong>{html.escape(course.display_name)}</strong>{html.escape(gpus)}"
+            f'<div class="text-muted">{html.escape(course.description or "")}</div></label>'
+        )
+    cpu = ""
+    if any(c.gpus and c.allow_cpu for c in courses):
+        cpu = ('<div class="checkbox"><label><input type="checkbox" name="cpu_only"> '
+               "Start without a GPU (CPU only), for courses that allow it</label></div>")
+    return f'<div class="list-group">{"".join(rows)}</div>{cpu}'

@@ -33,7 +33,7 @@ def render_static(mode, **env):
     result = subprocess.run(
         ["sh", str(REPO / "proxy" / "entrypoint.sh"), "--render", str(REPO / "proxy" / "traefik.yml")],
         env={"PATH": os.environ["PATH"], "TLS_MODE": mode, "GPUHUB_DOMAIN": "hub.example.edu",
-             "GPUHUB_PROXY_CONTROL_IP": "172.29.254.6", **env},
+             "GPUHUB_PROXY_CONTROL_IP": "10.254.254.6", **env},
         capture_output=True, text=True, check=True)
     return yaml.safe_load(result.stdout)
 
@@ -79,7 +79,7 @@ def test_traefik_static_configuration_is_valid_in_every_tls_mode(mode):
     assert https["middlewares"] == ["security-headers@file"]
     assert config["api"] == {"dashboard": False}
     # Traefik's API listens on the control network's address only
-    assert config["entryPoints"]["auth_api"]["address"] == "172.29.254.6:8099"
+    assert config["entryPoints"]["auth_api"]["address"] == "10.254.254.6:8099"
     if mode == "letsencrypt":
         assert https["tls"]["certResolver"] == "letsencrypt"
         assert https["tls"]["domains"] == [{"main": "hub.example.edu"}]

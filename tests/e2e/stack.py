@@ -69,10 +69,10 @@ def free_subnet(client):
     used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
             for c in (n.attrs.get("IPAM", {}).get("Config") or []) if "Subnet" in c]
     for third in range(200, 255):
-        candidate = ipaddress.ip_network(f"172.29.{third}.0/29")
+        candidate = ipaddress.ip_network(f"10.254.{third}.0/29")
         if not any(candidate.overlaps(u) for u in used):
             return candidate
-    raise RuntimeError("no free 172.29.x.0/29 subnet for the control network")
+    raise RuntimeError("no free 10.254.x.0/29 subnet for the control network")
 
 
 def copy_repository(dest):
