@@ -113,6 +113,8 @@ class GpuhubSpawner(DockerSpawner):
                 self.mem_limit = course.mem_limit
             if course.cpu_limit:
                 self.cpu_limit = course.cpu_limit
+            if course.nbgitpuller:
+                self.default_url = course.git_pull_default_url()
             wanted = 0 if self.user_options.get("cpu_only") and course.allow_cpu else course.gpus
         if wanted and self.gpu_allocator is None:
             raise web.HTTPError(503, f"{course.display_name} needs {wanted} GPU(s), "
