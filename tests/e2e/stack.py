@@ -129,7 +129,7 @@ class Stack:
             "# written by the end-to-end tests: a scoped service token for their API calls\n"
             f"c.JupyterHub.services.append({{'name': 'e2e', 'api_token': {self.token!r}}})\n"
             "c.JupyterHub.load_roles.append({'name': 'e2e', 'services': ['e2e'], 'scopes': "
-            "['admin:users', 'admin:servers', 'access:servers', 'list:users', 'read:metrics']})\n"
+            "['admin:users', 'admin:servers', 'admin:groups', 'access:servers', 'list:users', 'read:metrics']})\n"
         )
         self.files = ["-f", "docker-compose.yml"]
         if not real_traefik:
