@@ -5,7 +5,7 @@ display_name, description, default), checked at start-up against catalog.schema.
 and a few rules a schema cannot say (unique slugs, one default open to everybody).
 Every problem is reported at once, each naming the file, the entry and the field:
 
-    catalog.yaml: courses[1] (slug 'cs101'): unknown field 'gpu' (did you mean 'gpus'?; ...)
+    catalog.yaml: courses[1] (slug 'cs101'): unknown field 'gpu' (did you mean 'gpus'? expected one of: ...)
 
 Plain data and functions only, so the spawner, `images/build` and the tests share them.
 """
@@ -148,7 +148,7 @@ def _describe(value):
 def _entry(data, index):
     entry = data["courses"][index]
     slug = entry.get("slug") if isinstance(entry, dict) else None
-    return f"courses[{index}] (slug {slug!r})" if isinstance(slug, str) else f"courses[{index}]"
+    return f"courses[{index}] (slug {_short.repr(slug)})" if isinstance(slug, str) else f"courses[{index}]"
 
 
 def _field(path):
@@ -275,8 +275,9 @@ def _course(entry, is_default, base_dir):
 def parse_catalog(text, path="catalog"):
     """A Catalog from YAML text; `path` names the file in messages and anchors build contexts."""
     def fail(problems):
-        raise CatalogError([f"{path}: " + ": ".join(p for p in (entry, f"field {name!r}" if name else "", what) if p)
-                            for entry, name, what in problems])
+        raise CatalogError([
+            f"{path}: " + ": ".join(p for p in (entry, f"field {name!r}" if name else "", what) if p)
+            for entry, name, what in problems])
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         fail([(None, "", f"the file is larger than {MAX_FILE_BYTES} bytes")])
     try:
@@ -303,6 +304,8 @@ def load_catalog(path):
             raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise CatalogError([f"{path}: cannot read the catalog: {e.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise CatalogError([f"{path}: the file is larger than {MAX_FILE_BYTES} bytes"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -313,13 +316,14 @@ def load_catalog(path):
 def check_groups(catalog, existing_group_names, path=None):
     """Raise CatalogError if a course names a group JupyterHub does not have."""
     existing = set(existing_group_names)
-    known = ", ".join(sorted(existing)) or "none"
+    names = sorted(existing)
+    known = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
     problems = []
     for i, course in enumerate(catalog.courses):
         for group in course.groups:
             if group not in existing:
                 problems.append(f"{path or catalog.path}: courses[{i}] (slug {course.slug!r}): "
                                 f"field 'groups': unknown group {group!r} (existing groups: "
-                                f"{known}; add it to GPUHUB_GROUPS or sync it from the login)")
+                                f"{known or 'none'}; add it to GPUHUB_GROUPS or sync it from the login)")
     if problems:
         raise CatalogError(problems)
