@@ -6,6 +6,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 import yaml
 
 from .stack import wait_for
@@ -158,3 +159,23 @@ def test_sigkill_during_a_burst_leaks_no_gpu(gpu_stack):
              "GPU allocations to match exactly the containers that run")
     held, running = allocations_match_containers(s)
     assert sum(len(v) for v in held.values()) <= len(GPUS)
+
+
+def test_admins_see_holders_in_the_cli_and_metrics(gpu_stack):
+    s = gpu_stack
+    s.start_server("gpu1", course="deep-learning")
+    held = [uuid for uuid, users in holders(s).items() if users]
+    code, out = s.container("hub").exec_run(["python", "-m", "hub.cli", "gpus"])
+    text = out.decode()
+    assert code == 0, text
+    lines = [line for line in text.splitlines() if "GPU-" in line]
+    assert len(lines) == len(GPUS), text
+    for uuid in held:
+        line = next(line for line in lines if uuid in line)
+        assert "since" in line and "free" not in line, line
+    r = requests.get(f"{s.hub_url}/hub/metrics", headers={"Authorization": f"token {s.token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    metrics = {line.split()[0]: float(line.split()[1]) for line in r.text.splitlines()
+               if line.startswith("gpuhub_gpus")}
+    assert metrics["gpuhub_gpus_total"] == len(GPUS)
+    assert metrics["gpuhub_gpus_in_use"] == len(held)
