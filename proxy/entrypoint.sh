@@ -7,6 +7,11 @@ TEMPLATE=/etc/gpuhub/traefik.yml
 RENDERED=/tmp/traefik.yml
 
 : "${TLS_MODE:=selfsigned}"
+: "${GPUHUB_HTTPS_PORT:=443}"
+# the hub reads these case-insensitively; so does the proxy
+TLS_MODE=$(printf '%s' "$TLS_MODE" | tr 'A-Z' 'a-z')
+ACME_STAGING=$(printf '%s' "${ACME_STAGING:-false}" | tr 'A-Z' 'a-z')
+GPUHUB_DOMAIN=$(printf '%s' "$GPUHUB_DOMAIN" | tr 'A-Z' 'a-z')
 : "${GPUHUB_DOMAIN:?GPUHUB_DOMAIN is not set: put the host name students type in .env}"
 : "${GPUHUB_PROXY_CONTROL_IP:?GPUHUB_PROXY_CONTROL_IP is not set (compose sets it)}"
 : "${TRAEFIK_LOG_LEVEL:=INFO}"
@@ -30,6 +35,7 @@ render() {
   sed -e "/$keep/d" \
       -e 's/ *# letsencrypt-only$//' \
       -e "s|\${GPUHUB_DOMAIN}|$(esc "$GPUHUB_DOMAIN")|g" \
+      -e "s|\${GPUHUB_HTTPS_PORT}|$(esc "$GPUHUB_HTTPS_PORT")|g" \
       -e "s|\${GPUHUB_PROXY_CONTROL_IP}|$(esc "$GPUHUB_PROXY_CONTROL_IP")|g" \
       -e "s|\${TRAEFIK_LOG_LEVEL}|$(esc "$TRAEFIK_LOG_LEVEL")|g" \
       -e "s|\${ACME_EMAIL}|$(esc "$ACME_EMAIL")|g" \

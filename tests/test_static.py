@@ -70,12 +70,12 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_traefik_static_configuration_is_valid_in_every_tls_mode(mode):
-    config = render_static(mode, ACME_EMAIL="admin@example.edu")
+    config = render_static(mode, ACME_EMAIL="admin@example.edu", GPUHUB_HTTPS_PORT="8443")
     errors = [e.message for e in schema("traefik-v3.json").iter_errors(config)]
     assert not errors, errors
     https = config["entryPoints"]["https"]["http"]
     assert config["entryPoints"]["http"]["http"]["redirections"]["entryPoint"] == {
-        "to": "https", "scheme": "https", "permanent": True}
+        "to": ":8443", "scheme": "https", "permanent": True}, "redirects to the public port"
     assert https["middlewares"] == ["security-headers@file"]
     assert config["api"] == {"dashboard": False}
     # Traefik's API listens on the control network's address only
@@ -93,6 +93,10 @@ def test_acme_staging_switches_the_ca():
     production = render_static("letsencrypt")
     assert "staging" in staging["certificatesResolvers"]["letsencrypt"]["acme"]["caServer"]
     assert "staging" not in production["certificatesResolvers"]["letsencrypt"]["acme"]["caServer"]
+
+
+def test_proxy_reads_tls_mode_case_insensitively_like_the_hub():
+    assert "certificatesResolvers" in render_static("LetsEncrypt")
 
 
 def test_bad_tls_mode_stops_the_proxy_naming_it():
