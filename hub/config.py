@@ -118,7 +118,11 @@ def apply(c, environ=None):
     )
     c.TraefikFileProviderProxy.traefik_entrypoint = "https"
 
-    auth.configure(c, s, log)
+    try:
+        auth.configure(c, s, log)
+    except (SettingsError, NotImplementedError) as e:
+        print(f"\n{e}\n", file=sys.stderr)
+        sys.exit(1)
 
     c.JupyterHub.spawner_class = "hub.spawner.GpuhubSpawner"
     c.DockerSpawner.image = s.user_image
