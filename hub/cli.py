@@ -15,7 +15,7 @@ def allocator_from_settings(settings, db_url=None):
     inventory = (gpus.parse_inventory(settings.gpus, "GPUHUB_GPUS") if settings.gpus
                  else gpus.discover_nvml(_Quiet()))
     policy = gpus.parse_policy(settings.gpu_mode, settings.gpu_max_users, settings.gpu_group_caps)
-    return gpus.GpuAllocator(db_url or f"sqlite:///{settings.state_dir}/jupyterhub.sqlite",
+    return gpus.GpuAllocator(db_url or f"sqlite:///{settings.database}",
                              inventory, policy)
 
 

@@ -33,10 +33,9 @@ def known_groups(settings):
     """Groups a catalog or a GPU cap may name: configured ones and those already in the
     hub's database (e.g. synced from the identity provider at earlier logins)."""
     names = set(settings.groups)
-    database = f"{settings.state_dir}/jupyterhub.sqlite"
-    if os.path.exists(database):
+    if os.path.exists(settings.database):
         try:
-            with sqlite3.connect(database) as db:
+            with sqlite3.connect(settings.database) as db:
                 names |= {row[0] for row in db.execute("SELECT name FROM groups")}
         except sqlite3.Error:
             pass  # a fresh database has no groups table yet
@@ -75,7 +74,7 @@ def courses_and_gpus(s, log):
     for gpu in inventory:
         log.info("GPU %s: %s %s %s", gpu.index, gpu.uuid, gpu.name,
                  f"{gpu.memory_mib} MiB" if gpu.memory_mib else "")
-    allocator = gpus.GpuAllocator(f"sqlite:///{s.state_dir}/jupyterhub.sqlite", inventory, policy)
+    allocator = gpus.GpuAllocator(f"sqlite:///{s.database}", inventory, policy)
     # a crash mid-spawn leaks nothing: what no running container holds is freed now
     for stale in allocator.reconcile(running_servers(s.container_prefix)):
         log.warning("GPU %s released from %s/%s: its server is not running",
@@ -97,7 +96,7 @@ def apply(c, environ=None):
         sys.exit(1)
 
     os.makedirs(s.state_dir, exist_ok=True)
-    c.JupyterHub.db_url = f"sqlite:///{s.state_dir}/jupyterhub.sqlite"
+    c.JupyterHub.db_url = f"sqlite:///{s.database}"
     c.JupyterHub.cookie_secret_file = f"{s.state_dir}/jupyterhub_cookie_secret"
 
     # The public URL is Traefik's; the hub itself speaks plain HTTP on the inside.

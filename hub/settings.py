@@ -248,6 +248,11 @@ class Settings:
         return f"Settings({self.__dict__!r})"
 
     @property
+    def database(self):
+        """The hub's SQLite database, shared by JupyterHub and the GPU allocations."""
+        return f"{self.state_dir}/jupyterhub.sqlite"
+
+    @property
     def public_url(self):
         port = "" if self.https_port == 443 else f":{self.https_port}"
         return f"https://{self.domain}{port}/"
