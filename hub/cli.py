@@ -1,54 +1,72 @@
 """Admin commands, run inside the hub container:
 
-    docker compose exec hub python -m hub.cli gpus
+    docker compose exec hub python -m hub.cli gpus [--db-url URL] [--json]
+
+Reads GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS as the
+hub does, and the hub's database from GPUHUB_STATE_DIR (default /srv/jupyterhub).
 """
 
 import argparse
+import json
+import logging
+import os
 import sys
 
 from . import gpus
-from .gpu_api import report
-from .settings import SettingsError, load
+
+DEFAULT_STATE_DIR = "/srv/jupyterhub"
 
 
-def allocator_from_settings(settings, db_url=None):
-    inventory = (gpus.parse_inventory(settings.gpus, "GPUHUB_GPUS") if settings.gpus
-                 else gpus.discover_nvml(_Quiet()))
-    policy = gpus.parse_policy(settings.gpu_mode, settings.gpu_max_users, settings.gpu_group_caps)
-    return gpus.GpuAllocator(db_url or f"sqlite:///{settings.database}",
-                             inventory, policy)
+def default_db_url(environ=None):
+    environ = os.environ if environ is None else environ
+    state_dir = environ.get("GPUHUB_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
+    return f"sqlite:///{state_dir}/jupyterhub.sqlite"
 
 
-class _Quiet:
-    def info(self, *args):
-        pass
-
-
-def show_gpus(allocator, out=sys.stdout):
-    body = report(allocator)
-    print(f"{body['total']} GPUs, {body['in_use']} in use, mode {body['mode']}", file=out)
-    for gpu in body["gpus"]:
-        who = ", ".join(f"{h['user']}{'/' + h['server'] if h['server'] else ''} since {h['since'][:19]}Z"
-                        for h in gpu["holders"]) or "free"
+def show_gpus(report, out=None):
+    """One line per GPU: index, uuid, name, and each holder with since when."""
+    out = out or sys.stdout
+    print(f"{report['total']} GPUs, {report['in_use']} in use, {report['free']} with room, "
+          f"mode {report['mode']}", file=out)
+    for gpu in report["gpus"]:
+        who = ", ".join(f"{h['user']}{'/' + h['server'] if h['server'] else ''} "
+                        f"since {h['since'][:19]}Z" for h in gpu["holders"]) or "free"
         name = f" {gpu['name']}" if gpu["name"] else ""
-        print(f"{gpu['index']:>3} {gpu['uuid']}{name}: {who}", file=out)
+        gone = " (no longer in the inventory)" if not gpu["in_inventory"] else ""
+        print(f"{gpu['index']:>3} {gpu['uuid']}{name}{gone}: {who}", file=out)
 
 
-def main(argv=None):
+def gpus_command(args, environ=None):
+    db_url = args.db_url or default_db_url(environ)
+    path = db_url.removeprefix("sqlite:///")
+    if db_url.startswith("sqlite:///") and not os.path.exists(path):
+        # do not leave an empty database where the hub's should be
+        raise SystemExit(f"no hub database at {path}: is this the hub container? "
+                         "(or pass --db-url)")
+    inventory = gpus.inventory_from_env(environ)
+    allocator = gpus.GpuAllocator(db_url, inventory, gpus.policy_from_env(environ))
+    report = allocator.report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        show_gpus(report)
+    return 0
+
+
+def main(argv=None, environ=None):
+    # NVML's "no driver here" is an info line, not news for the person at the terminal
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m hub.cli")
     sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("gpus", help="one line per GPU: who holds it since when")
+    cmd = sub.add_parser("gpus", help="one line per GPU: who holds it, since when")
     cmd.add_argument("--db-url", help="database URL (default: the hub's SQLite database)")
+    cmd.add_argument("--json", action="store_true", help="print GET /hub/api/gpus's JSON")
     args = parser.parse_args(argv)
     try:
-        settings = load()
-        allocator = allocator_from_settings(settings, args.db_url)
-    except (SettingsError, gpus.GpuConfigError) as e:
+        return gpus_command(args, environ)
+    except gpus.GpuConfigError as e:
         parser.exit(2, f"{e}\n")
-    if not allocator.inventory:
-        parser.exit(1, "no GPUs: none listed in GPUHUB_GPUS and none visible through NVML\n")
-    show_gpus(allocator)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,11 @@
-"""GET /hub/api/gpus: who holds which GPU since when (admin scope)."""
+"""GET /hub/api/gpus: every GPU, who holds it and since when. Admins only.
+
+Registered with c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
+(JupyterHub puts its hub prefix in front) and given the allocator through
+c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator}. JupyterHub 5 logs that
+extra_handlers is deprecated in favour of services, but still serves them; a handler
+inside the hub is what lets this one read the allocator the spawner uses.
+"""
 
 import asyncio
 import json
@@ -7,26 +14,14 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import needs_scope
 
 
-def report(allocator):
-    """Every GPU with its holders; the same for the REST API and the CLI."""
-    holders = {}
-    for a in allocator.holdings():
-        holders.setdefault(a.gpu_uuid, []).append(
-            {"user": a.user, "server": a.server_name, "since": a.since.isoformat()})
-    return {
-        **allocator.summary(),
-        "mode": allocator.policy.mode,
-        "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "memory_mib": g.memory_mib,
-                  "holders": holders.get(g.uuid, [])} for g in allocator.inventory],
-    }
-
-
 class GpuAllocationsHandler(APIHandler):
     @needs_scope("admin:users")
     async def get(self):
         allocator = self.settings.get("gpuhub_allocator")
-        if allocator is None:
+        if allocator is None:  # a hub without GPUs: an empty inventory, not an error
             self.write(json.dumps({"total": 0, "in_use": 0, "free": 0, "gpus": []}))
             return
-        body = await asyncio.get_running_loop().run_in_executor(None, report, allocator)
+        # the allocator blocks on the database: keep the event loop free
+        body = await asyncio.get_running_loop().run_in_executor(None, allocator.report)
+        self.set_header("Content-Type", "application/json")
         self.write(json.dumps(body))

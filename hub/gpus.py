@@ -1,52 +1,89 @@
-"""GPUs: the inventory, the sharing policy, and who holds which GPU.
+"""GPUs: the inventory, the sharing policy, and the rules for handing GPUs out.
 
-Allocations live in the hub's database, in a table of our own beside JupyterHub's.
-Each holder takes a *slot* of a GPU: an exclusive GPU has slot 0 only, a shared one
-slots 0..max_users-1, and a UNIQUE (gpu_uuid, slot) constraint makes a double booking
-impossible whatever the concurrency: two spawns racing for the last slot cannot both
-commit. On SQLite, writers also take the database lock up front (BEGIN IMMEDIATE) so
-they queue instead of failing. All methods block: the spawner calls them in an executor.
+Plain functions and data only; the database side (who holds which GPU, kept in the hub's
+database so that no GPU is ever double-booked) is `hub.gpu_store.GpuAllocator`, also
+importable from here as `hub.gpus.GpuAllocator`.
+
+Settings read from the environment (see `inventory_from_env`, `policy_from_env`):
+GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS, GPUHUB_GPU_GROUP_CAPS.
 """
 
-import datetime
+import logging
+import os
 import re
-from dataclasses import dataclass, field
+from collections import Counter as _Counter
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import (Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint,
-                        create_engine, delete, event, insert, select)
-from sqlalchemy.exc import IntegrityError
 
-GPUS_TOTAL = Gauge("gpuhub_gpus_total", "GPUs in the inventory")
-GPUS_IN_USE = Gauge("gpuhub_gpus_in_use", "GPUs held by at least one server")
+log = logging.getLogger(__name__)
+
+# Registered in prometheus_client's default REGISTRY, which JupyterHub serves at /hub/metrics.
+GPUS_TOTAL = Gauge("gpuhub_gpus_total", "GPUs in the hub's inventory")
+GPUS_IN_USE = Gauge("gpuhub_gpus_in_use", "GPUs held by at least one user server")
 REFUSALS = Counter("gpuhub_gpu_refusals_total", "Spawns refused for want of a GPU", ["reason"])
+for _reason in ("no_gpu", "group_cap"):
+    REFUSALS.labels(reason=_reason)  # both series exist from the start, at 0
 
-SCHEMA_VERSION = 1
-_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/-]{1,120}$")
-_MAX_ITEMS = 1024
+MODES = ("exclusive", "shared")
+MAX_USERS_LIMIT = 64  # more servers than this on one GPU is a typo, not a policy
+MAX_INVENTORY = 1024
+
+# What `nvidia-smi -L` prints: GPU-<uuid>, and for MIG slices MIG-<uuid> or, with older
+# drivers, MIG-GPU-<uuid>/<gi>/<ci>. Hex and dashes only: anything else is a typo or worse.
+_UUID = re.compile(r"(GPU|MIG(-GPU)?)-[0-9a-fA-F][0-9a-fA-F-]{0,62}(/[0-9]{1,3}/[0-9]{1,3})?",
+                   re.ASCII)
+_INDEX = re.compile(r"[0-9]{1,6}", re.ASCII)  # ASCII digits only: int() also takes "٣"
+# a comma with any whitespace around it, or whitespace alone; ",," leaves an empty item
+_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+_GROUP_CAP = re.compile(r"([^=\s,]+)=([0-9]{1,6})", re.ASCII)
 
 
 class GpuConfigError(ValueError):
     """The inventory or the policy is malformed; the message names where it came from."""
 
 
-class NoGpuAvailable(RuntimeError):
-    def __init__(self, total, in_use, wanted):
-        self.total, self.in_use, self.wanted = total, in_use, wanted
-        super().__init__(f"All {total} GPUs are in use ({in_use} of {total} taken); "
-                         f"{wanted} requested. Try again when a server stops.")
+class GpuAllocationError(RuntimeError):
+    """A spawn cannot have the GPUs it wants; str() is meant for the user."""
 
 
-class GroupCapReached(RuntimeError):
-    def __init__(self, group, cap, held, wanted):
-        self.group, self.cap, self.held = group, cap, held
-        super().__init__(f"Group {group!r} may hold {cap} GPUs at once and holds {held}; "
-                         f"{wanted} more requested.")
+class NoGpuAvailable(GpuAllocationError):
+    """Fewer GPUs with room for one more server than the spawn wants."""
+
+    def __init__(self, total, in_use, wanted, full=None, max_users=1):
+        full = in_use if full is None else full
+        self.total, self.in_use, self.wanted, self.full = total, in_use, wanted, full
+        if total == 0:
+            message = f"This hub has no GPUs; {wanted} requested."
+        elif wanted > total:
+            message = f"This hub has only {_gpus(total)}; {wanted} requested."
+        elif full >= total:
+            shared = f", each by its maximum of {max_users} servers" if max_users > 1 else ""
+            message = (f"All {_gpus(total)} are in use ({in_use} of {total} taken{shared}); "
+                       f"{wanted} requested. Try again when a server stops.")
+        else:
+            message = (f"Only {total - full} of {_gpus(total)} can take another server "
+                       f"({in_use} of {total} in use); {wanted} requested.")
+        super().__init__(message)
+
+
+class GroupCapReached(GpuAllocationError):
+    """The members of one of the user's groups already hold all their group may hold."""
+
+    def __init__(self, group, cap, held, wanted=1):
+        self.group, self.cap, self.held, self.wanted = group, cap, held, wanted
+        super().__init__(f"The group {group!r} may hold {_gpus(cap)} at once and its members "
+                         f"hold {held}; {wanted} more requested. Try again when one of them "
+                         "stops a server.")
+
+
+def _gpus(n):
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
 @dataclass(frozen=True)
 class Gpu:
-    index: int
+    index: int  # NVIDIA's index when known, else the position in GPUHUB_GPUS
     uuid: str  # what Docker's device request names: a UUID, or an index as a string
     name: str = ""
     memory_mib: int | None = None
@@ -54,242 +91,252 @@ class Gpu:
 
 @dataclass(frozen=True)
 class Policy:
+    """exclusive: one server per GPU. shared: up to max_users_per_gpu servers per GPU.
+
+    group_caps: {group: n} -- the members of the group *together* hold at most n GPUs at
+    once ("cs101 may hold 4 GPUs"). What counts is GPUs held by servers: in shared mode
+    each server's share counts as one, so 6 students sharing 2 GPUs hold 6. A user in
+    several capped groups counts against each of them. Groups without a cap are free.
+    """
+
     mode: str = "exclusive"
     max_users_per_gpu: int = 1
     group_caps: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise GpuConfigError(f"GPU mode {self.mode!r}: expected exclusive or shared")
+        if self.mode == "exclusive" and self.max_users_per_gpu != 1:
+            raise GpuConfigError("an exclusive GPU has one user; max_users_per_gpu must be 1")
+        if not 1 <= self.max_users_per_gpu <= MAX_USERS_LIMIT:
+            raise GpuConfigError(f"max_users_per_gpu {self.max_users_per_gpu}: "
+                                 f"expected 1 to {MAX_USERS_LIMIT}")
+
     @property
     def slots(self):
-        return 1 if self.mode == "exclusive" else self.max_users_per_gpu
+        """Servers one GPU takes: its slots are 0 .. slots-1."""
+        return self.max_users_per_gpu
 
 
 @dataclass(frozen=True)
 class Allocation:
     gpu_uuid: str
-    slot: int
+    gpu_index: int
     user: str
     server_name: str
-    since: datetime.datetime
-    groups: tuple
+    since: object  # an aware datetime in UTC
+    slot: int
+    groups: tuple = ()  # the capped groups this GPU counts against
+
+
+# -- the inventory --
+def _shown(value, width=40):
+    """A value for an error message: quoted, control characters escaped, cut short."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "...'"
 
 
 def parse_inventory(text, source):
-    """GPUs from text such as "GPU-1a2b...,GPU-3c4d..." or "0,1,12"; errors name `source`."""
-    items = re.split(r"[,\s]+", text.strip()) if text.strip() else []
-    if len(items) > _MAX_ITEMS:
-        raise GpuConfigError(f"{source}: {len(items)} GPUs listed; at most {_MAX_ITEMS}")
-    if "" in items or re.search(r",\s*,|^\s*,|,\s*$", text):
-        raise GpuConfigError(f"{source}: an empty item in {text[:80]!r} (two commas in a row?)")
-    gpus, seen = [], set()
+    """GPUs from text such as "GPU-1a2b...,GPU-3c4d..." or "0,1,12" (indexes), or a mix;
+    commas, spaces and newlines separate. Empty text: no GPUs. Errors name `source`."""
+    if not text or not text.strip():
+        return []
+    items = _SEPARATOR.split(text.strip())
+    if len(items) > MAX_INVENTORY:
+        raise GpuConfigError(f"{source}: {len(items)} GPUs listed; at most {MAX_INVENTORY}")
+    gpus, seen = [], {}
     for position, item in enumerate(items):
-        if item.isdigit() and item.isascii():
-            identifier, index = str(int(item)), int(item)
-        elif _UUID.match(item):
-            identifier, index = item, position
+        if not item:
+            raise GpuConfigError(f"{source}: item {position + 1} is empty "
+                                 "(two commas in a row, or one at the start or end?)")
+        if _INDEX.fullmatch(item):
+            key, gpu = int(item), Gpu(index=int(item), uuid=str(int(item)))
+        elif _UUID.fullmatch(item):
+            key, gpu = item.lower(), Gpu(index=position, uuid=item)
         else:
-            raise GpuConfigError(f"{source}: {item[:80]!r} is neither a GPU index (0, 1, ...) "
-                                 "nor a GPU UUID (GPU-..., MIG-..., as `nvidia-smi -L` prints)")
-        if identifier in seen:
-            raise GpuConfigError(f"{source}: GPU {identifier} is listed twice")
-        seen.add(identifier)
-        gpus.append(Gpu(index=index, uuid=identifier))
+            raise GpuConfigError(
+                f"{source}: {_shown(item)} is neither a GPU index (0, 1, ... 12) nor a GPU "
+                "UUID (GPU-... or MIG-..., as `nvidia-smi -L` prints them)")
+        if key in seen:
+            also = f" (as {seen[key]!r} and {item!r})" if seen[key] != item else ""
+            raise GpuConfigError(f"{source}: GPU {item!r} is listed twice{also}")
+        seen[key] = item
+        gpus.append(gpu)
     return gpus
 
 
-def discover_nvml(log):
-    """The GPUs the hub's container can see through NVML; [] without driver or library."""
+def discover_nvml(log=log):
+    """The GPUs this process can see through NVML (nvidia-ml-py); [] without the library,
+    the driver or a device. Never raises for a missing driver: a hub without GPUs is fine."""
     try:
         import pynvml
+    except ImportError:
+        log.info("GPUs: nvidia-ml-py is not installed; none discovered")
+        return []
+    try:
         pynvml.nvmlInit()
-    except Exception as e:  # no library, no driver, no device: all mean "none visible"
-        log.info("GPUs: NVML not available (%s); list them in GPUHUB_GPUS", e)
+    except Exception as e:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: none visible
+        log.info("GPUs: NVML did not start (%s); none discovered", e)
         return []
     try:
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            text = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
-            gpus.append(Gpu(i, text(pynvml.nvmlDeviceGetUUID(handle)),
-                            text(pynvml.nvmlDeviceGetName(handle)), memory))
+            gpus.append(Gpu(i, _text(pynvml.nvmlDeviceGetUUID(handle)),
+                            _text(pynvml.nvmlDeviceGetName(handle)), int(memory)))
         return gpus
+    except Exception as e:  # a device that fails mid-query: better none than half a list
+        log.warning("GPUs: NVML failed while listing devices (%s); none discovered", e)
+        return []
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
 
 
-def parse_policy(mode, max_users, group_caps):
-    """The policy from GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS."""
-    mode = mode.strip().lower() or "exclusive"
-    if mode not in ("exclusive", "shared"):
-        raise GpuConfigError(f"GPUHUB_GPU_MODE={mode!r}: expected exclusive or shared")
-    try:
-        users = int(max_users.strip() or "1")
-    except ValueError:
-        users = 0
-    if not 1 <= users <= 64:
-        raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={max_users!r}: expected a number from 1 to 64")
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value  # older pynvml gave bytes
+
+
+def merge_nvml(configured, discovered, source, log=log):
+    """The configured GPUs with name, memory and index filled in from what NVML sees.
+    The ids stay as configured, so allocations keep their keys wherever NVML is missing."""
+    if not discovered:
+        return list(configured)
+    by_index = {g.index: g for g in discovered}
+    by_uuid = {g.uuid.lower(): g for g in discovered}
+    merged, named = [], {}
+    for gpu in configured:
+        seen = by_index.get(int(gpu.uuid)) if gpu.uuid.isdigit() else by_uuid.get(gpu.uuid.lower())
+        if seen is None:
+            log.warning("GPUs: %s names %s, which NVML does not see here", source, gpu.uuid)
+            merged.append(gpu)
+            continue
+        if seen.uuid in named:
+            raise GpuConfigError(f"{source}: {named[seen.uuid]!r} and {gpu.uuid!r} are the "
+                                 f"same GPU ({seen.uuid}); list it once")
+        named[seen.uuid] = gpu.uuid
+        merged.append(replace(gpu, index=seen.index, name=seen.name, memory_mib=seen.memory_mib))
+    return merged
+
+
+def inventory_from_env(environ=None, log=log):
+    """GPUHUB_GPUS when set (checked against NVML where it works), else what NVML sees."""
+    environ = os.environ if environ is None else environ
+    text = environ.get("GPUHUB_GPUS", "")
+    discovered = discover_nvml(log)
+    if not text.strip():
+        return discovered
+    return merge_nvml(parse_inventory(text, "GPUHUB_GPUS"), discovered, "GPUHUB_GPUS", log)
+
+
+# -- the policy --
+def parse_policy(mode="exclusive", max_users="1", group_caps="", source=""):
+    """The policy from the strings of GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS (read in shared
+    mode only; 1 or empty otherwise) and GPUHUB_GPU_GROUP_CAPS ("cs101=4,research=8")."""
+    where = f" in {source}" if source else ""
+    mode_text = (mode or "").strip().lower() or "exclusive"
+    if mode_text not in MODES:
+        raise GpuConfigError(f"GPUHUB_GPU_MODE={mode!r}{where}: expected exclusive or shared")
+    users_text = (max_users or "").strip() or "1"
+    users = int(users_text) if _INDEX.fullmatch(users_text) else 0
+    if not 1 <= users <= MAX_USERS_LIMIT:
+        raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={max_users!r}{where}: expected a number "
+                             f"of servers per GPU from 1 to {MAX_USERS_LIMIT}")
+    if mode_text == "exclusive" and users != 1:
+        raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={max_users!r}{where} shares GPUs, but "
+                             "GPUHUB_GPU_MODE is exclusive: set GPUHUB_GPU_MODE=shared, "
+                             "or GPUHUB_GPU_MAX_USERS=1")
     caps = {}
-    for item in filter(None, re.split(r"[,\s]+", group_caps.strip())):
-        group, _, number = item.partition("=")
-        if not group or not number.isdigit():
-            raise GpuConfigError(f"GPUHUB_GPU_GROUP_CAPS: {item!r}: expected group=number, e.g. cs101=4")
+    for item in filter(None, re.split(r"\s*,\s*|\s+", (group_caps or "").strip())):
+        match = _GROUP_CAP.fullmatch(item)
+        if not match:
+            raise GpuConfigError(f"GPUHUB_GPU_GROUP_CAPS{where}: {_shown(item)} is not "
+                                 "group=number (e.g. cs101=4,research=8)")
+        group, number = match.groups()
+        if group in caps:
+            raise GpuConfigError(f"GPUHUB_GPU_GROUP_CAPS{where}: group {group!r} has two caps")
         caps[group] = int(number)
-    return Policy(mode, users if mode == "shared" else 1, caps)
+    return Policy(mode_text, users, caps)
 
 
-metadata = MetaData()
-allocations = Table(
-    "gpuhub_gpu_allocations", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("gpu_uuid", String(255), nullable=False),
-    Column("slot", Integer, nullable=False),
-    Column("user", String(255), nullable=False, index=True),
-    Column("server_name", String(255), nullable=False),
-    # the capped groups the holder was in, comma-separated, for per-group caps
-    Column("groups", String(4096), nullable=False),
-    Column("since", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("gpu_uuid", "slot", name="gpuhub_one_holder_per_slot"),
-)
-schema = Table(
-    "gpuhub_schema", metadata,
-    Column("component", String(64), primary_key=True),
-    Column("version", Integer, nullable=False),
-)
+def policy_from_env(environ=None):
+    environ = os.environ if environ is None else environ
+    return parse_policy(environ.get("GPUHUB_GPU_MODE", ""), environ.get("GPUHUB_GPU_MAX_USERS", ""),
+                        environ.get("GPUHUB_GPU_GROUP_CAPS", ""))
 
 
-def _engine(db_url):
-    if not db_url.startswith("sqlite"):
-        return create_engine(db_url, pool_pre_ping=True)
-    engine = create_engine(db_url, connect_args={"timeout": 60, "check_same_thread": False})
-
-    # SQLAlchemy's recipe: let SQLAlchemy, not pysqlite, begin transactions, and begin
-    # them IMMEDIATE so that concurrent writers wait for the lock instead of failing
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-class GpuAllocator:
-    """Hands out GPUs from `inventory` under `policy`, kept in the database at `db_url`."""
-
-    def __init__(self, db_url, inventory, policy):
-        self.inventory = list(inventory)
-        self.policy = policy
-        self._by_uuid = {g.uuid: g for g in self.inventory}
-        self.engine = _engine(db_url)
-        # only our own tables; JupyterHub's are never touched
-        metadata.create_all(self.engine, checkfirst=True)
-        with self.engine.begin() as conn:
-            if conn.execute(select(schema.c.version).where(schema.c.component == "gpus")).first() is None:
-                conn.execute(insert(schema).values(component="gpus", version=SCHEMA_VERSION))
-        GPUS_TOTAL.set(len(self.inventory))
-        self._update_metrics()
-
-    def __deepcopy__(self, memo):
-        # traitlets deep-copies configuration values; there is one allocator per hub
-        return self
-
-    def allocate(self, user, server_name, count, groups=()):
-        """Take `count` GPUs for the server, or raise; idempotent for the same server."""
-        if count <= 0:
-            return []
-        capped = sorted(set(groups) & set(self.policy.group_caps))
-        for _attempt in range(20):
-            try:
-                with self.engine.begin() as conn:
-                    rows = conn.execute(select(allocations)).all()
-                    mine = [r.gpu_uuid for r in rows if (r.user, r.server_name) == (user, server_name)]
-                    if mine:
-                        return [self._by_uuid[u] for u in mine if u in self._by_uuid]
-                    self._check_caps(rows, capped, count)
-                    chosen = self._choose(rows, count)
-                    now = datetime.datetime.now(datetime.timezone.utc)
-                    for gpu, slot in chosen:
-                        conn.execute(insert(allocations).values(
-                            gpu_uuid=gpu.uuid, slot=slot, user=user, server_name=server_name,
-                            groups=",".join(capped), since=now))
-                self._update_metrics()
-                return [gpu for gpu, _ in chosen]
-            except IntegrityError:
-                continue  # another hub process took that slot first: look again
-        raise RuntimeError("GPU allocation kept colliding with other spawns; try again")
-
-    def _check_caps(self, rows, capped, count):
-        for group in capped:
-            held = sum(1 for r in rows if group in r.groups.split(","))
-            if held + count > self.policy.group_caps[group]:
-                REFUSALS.labels(reason="group_cap").inc()
-                raise GroupCapReached(group, self.policy.group_caps[group], held, count)
-
-    def _choose(self, rows, count):
-        """The least-loaded GPUs with a free slot, lowest index first; each with a slot."""
-        taken = {}
-        for r in rows:
-            taken.setdefault(r.gpu_uuid, set()).add(r.slot)
-        free = [(len(taken.get(g.uuid, ())), g.index, g) for g in self.inventory
-                if len(taken.get(g.uuid, ())) < self.policy.slots]
-        if len(free) < count:
-            REFUSALS.labels(reason="no_gpu").inc()
-            in_use = sum(1 for g in self.inventory if taken.get(g.uuid))
-            raise NoGpuAvailable(len(self.inventory), in_use, count)
-        chosen = []
-        for _load, _index, gpu in sorted(free, key=lambda f: f[:2])[:count]:
-            slot = min(set(range(self.policy.slots)) - taken.get(gpu.uuid, set()))
-            chosen.append((gpu, slot))
-        return chosen
-
-    def release(self, user, server_name):
-        """Free the server's GPUs; returns their UUIDs (none if it held none)."""
-        where = (allocations.c.user == user) & (allocations.c.server_name == server_name)
-        return self._delete(where)
-
-    def release_user(self, user):
-        return self._delete(allocations.c.user == user)
-
-    def _delete(self, where):
-        with self.engine.begin() as conn:
-            released = [r.gpu_uuid for r in conn.execute(select(allocations.c.gpu_uuid).where(where))]
-            conn.execute(delete(allocations).where(where))
-        self._update_metrics()
-        return released
-
-    def holdings(self):
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(allocations).order_by(allocations.c.gpu_uuid, allocations.c.slot))
-            return [Allocation(r.gpu_uuid, r.slot, r.user, r.server_name, _aware(r.since),
-                               tuple(filter(None, r.groups.split(",")))) for r in rows]
-
-    def held_by(self, user, server_name):
-        return [self._by_uuid[a.gpu_uuid] for a in self.holdings()
-                if (a.user, a.server_name) == (user, server_name) and a.gpu_uuid in self._by_uuid]
-
-    def reconcile(self, running):
-        """Release what no running server holds, and GPUs gone from the inventory.
-        `running` is the set of (user, server_name) whose containers really run."""
-        stale = [a for a in self.holdings()
-                 if (a.user, a.server_name) not in running or a.gpu_uuid not in self._by_uuid]
-        for a in stale:
-            self._delete((allocations.c.gpu_uuid == a.gpu_uuid) & (allocations.c.slot == a.slot))
-        return stale
-
-    def summary(self):
-        held = {}
-        for a in self.holdings():
-            held[a.gpu_uuid] = held.get(a.gpu_uuid, 0) + 1
-        in_use = sum(1 for g in self.inventory if held.get(g.uuid))
-        free = sum(1 for g in self.inventory if held.get(g.uuid, 0) < self.policy.slots)
-        return {"total": len(self.inventory), "in_use": in_use, "free": free}
-
-    def _update_metrics(self):
-        GPUS_IN_USE.set(self.summary()["in_use"])
+# -- the rules, on a snapshot of who holds what --
+def choose_gpus(inventory, policy, taken, count):
+    """[(gpu, slot)] for `count` different GPUs: the least-loaded ones with a free slot,
+    lowest index first on a tie. `taken` maps a GPU's uuid to its slots in use."""
+    loads = [(len(taken.get(g.uuid, ())), g.index, g) for g in inventory]
+    room = [entry for entry in loads if entry[0] < policy.slots]
+    if len(room) < count:
+        in_use = sum(1 for load, _, _ in loads if load)
+        raise NoGpuAvailable(len(inventory), in_use, count, len(loads) - len(room),
+                             policy.slots)
+    chosen = []
+    for _load, _index, gpu in sorted(room, key=lambda entry: entry[:2])[:count]:
+        # a free slot below the limit (after max_users shrank, high slots may be in use)
+        slot = min(set(range(policy.slots)) - set(taken.get(gpu.uuid, ())))
+        chosen.append((gpu, slot))
+    return chosen
 
 
-def _aware(moment):
-    # SQLite hands back naive datetimes; they were stored in UTC
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+def choose_group_slots(policy, groups, held, count):
+    """[(group, slot)], `count` for each capped group among `groups`. `held` maps a group to
+    its slots in use; a cap lowered below what is held refuses until enough are freed."""
+    chosen = []
+    for group in sorted(set(groups) & set(policy.group_caps)):
+        cap, mine = policy.group_caps[group], set(held.get(group, ()))
+        free = sorted(set(range(cap)) - mine)
+        if len(mine) + count > cap or len(free) < count:
+            raise GroupCapReached(group, cap, len(mine), count)
+        chosen.extend((group, slot) for slot in free[:count])
+    return chosen
+
+
+def summarize(inventory, policy, holders):
+    """total, in_use (at least one holder), free (room for one more server), and seats.
+    `holders` maps a GPU's uuid to its number of holders."""
+    in_use = sum(1 for g in inventory if holders.get(g.uuid))
+    full = sum(1 for g in inventory if holders.get(g.uuid, 0) >= policy.slots)
+    taken = sum(holders.get(g.uuid, 0) for g in inventory)
+    return {"total": len(inventory), "in_use": in_use, "free": len(inventory) - full,
+            "seats": len(inventory) * policy.slots, "seats_taken": taken}
+
+
+def build_report(inventory, policy, holdings):
+    """Every GPU with its holders, as the REST API and the CLI show it. GPUs that left
+    the inventory but are still held (until the next reconcile) come last."""
+    holders = {}
+    for a in holdings:
+        holders.setdefault(a.gpu_uuid, []).append(
+            {"user": a.user, "server": a.server_name, "since": isoformat(a.since)})
+    known = {g.uuid for g in inventory}
+    gone = {a.gpu_uuid: Gpu(a.gpu_index, a.gpu_uuid) for a in holdings if a.gpu_uuid not in known}
+    counts = _Counter(a.gpu_uuid for a in holdings)
+    return {
+        **summarize(inventory, policy, counts),
+        "mode": policy.mode,
+        "max_users_per_gpu": policy.max_users_per_gpu,
+        "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "memory_mib": g.memory_mib,
+                  "in_inventory": g.uuid in known, "holders": holders.get(g.uuid, [])}
+                 for g in [*inventory, *gone.values()]],
+    }
+
+
+def isoformat(moment):
+    """ISO 8601 in UTC with a Z, as JupyterHub's own API writes times."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def __getattr__(name):
+    # hub.gpus.GpuAllocator without importing SQLAlchemy for the pure functions above
+    if name == "GpuAllocator":
+        from .gpu_store import GpuAllocator
+        return GpuAllocator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
