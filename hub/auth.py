@@ -1,4 +1,26 @@
-"""Who may log in: the authenticator chosen by AUTH_PROVIDER."""
+"""Who may log in: the authenticator chosen by AUTH_PROVIDER, its allow rules, groups
+synced from the provider, the key that encrypts login tokens, and the login page.
+
+Each provider's configuration is a plain function of the settings (`provider_config`),
+so tests check it without Docker or a network; `configure` only applies it.
+"""
+
+import base64
+import binascii
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+from .settings import SettingsError
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+OAUTH_CLASSES = {"github": "GitHubOAuthenticator", "gitlab": "GitLabOAuthenticator",
+                 "google": "GoogleOAuthenticator", "oidc": "GenericOAuthenticator"}
+# entry-point names JupyterHub knows the classes by
+AUTHENTICATOR_NAMES = {"github": "github", "gitlab": "gitlab", "google": "google",
+                       "oidc": "generic-oauth"}
 
 DUMMY_WARNING = """
 **********************************************************************
@@ -8,8 +30,195 @@ DUMMY_WARNING = """
 **********************************************************************"""
 
 
-def configure(c, settings, log):
+def manages_groups(settings):
+    """True when group membership comes from the provider at every login (then
+    JupyterHub refuses `load_groups`, and membership is not edited in the hub)."""
+    return settings.auth_provider in ("github", "gitlab", "oidc")
+
+
+def check(settings):
+    """Every problem of an OAuth provider's settings at once, as SettingsError."""
+    s, problems = settings, []
+    for name, value in (("OAUTH_CLIENT_ID", s.oauth_client_id),
+                        ("OAUTH_CLIENT_SECRET", s.oauth_client_secret)):
+        if not value:
+            problems.append(f"{name} is not set: register the hub as an OAuth application "
+                            f"with the provider ({s.auth_provider}) and copy it from there")
+    if s.auth_provider == "oidc" and not s.oidc_issuer:
+        problems.append("OIDC_ISSUER is not set: the provider's issuer URL, e.g. "
+                        "https://sso.example.edu/realms/lab")
+    if s.auth_provider == "google":
+        for name, value in (("GPUHUB_ALLOWED_GROUPS", s.allowed_groups),
+                            ("GPUHUB_ADMIN_GROUPS", s.admin_groups)):
+            if value:
+                problems.append(f"{name} does not work with AUTH_PROVIDER=google (Google groups "
+                                "need a Workspace service account); use GPUHUB_ALLOWED_USERS, "
+                                "or GOOGLE_HOSTED_DOMAIN with GPUHUB_ALLOW_ALL=true")
+    elif not (s.allowed_users or s.allowed_groups or s.allow_all):
+        # oauthenticator 16+ lets nobody in by default: say so now, not at the first login
+        problems.append(f"nobody may log in with AUTH_PROVIDER={s.auth_provider}: set "
+                        "GPUHUB_ALLOWED_USERS (user names), GPUHUB_ALLOWED_GROUPS (groups), "
+                        "or GPUHUB_ALLOW_ALL=true (everybody the provider signs in)")
+    if s.auth_provider == "google" and not (s.allowed_users or s.allow_all):
+        problems.append("nobody may log in with AUTH_PROVIDER=google: set GPUHUB_ALLOWED_USERS, "
+                        "or GOOGLE_HOSTED_DOMAIN with GPUHUB_ALLOW_ALL=true")
+    if problems:
+        raise SettingsError(problems)
+
+
+def github_groups(auth_state):
+    """JupyterHub groups of a GitHub user: `org` and `org:team` for each of their teams
+    (lower case: GitHub compares names case-insensitively, JupyterHub does not)."""
+    groups = set()
+    for team in auth_state.get("teams") or []:
+        org = team["organization"]["login"].lower()
+        groups |= {org, f"{org}:{team['slug'].lower()}"}
+    return sorted(groups)
+
+
+async def gitlab_groups(authenticator, auth_state):
+    """Put the user's GitLab group paths into auth_state["gitlab_groups"], from GitLab's
+    OpenID userinfo (scope openid), which lists groups inherited from parents too."""
+    info = await authenticator.httpfetch(
+        f"{authenticator.gitlab_url}/oauth/userinfo", "fetching GitLab groups", method="GET",
+        headers={"Authorization": f"Bearer {auth_state['access_token']}",
+                 "Accept": "application/json"},
+        validate_cert=authenticator.validate_server_cert)
+    auth_state["gitlab_groups"] = list(info.get("groups") or [])
+    return auth_state
+
+
+def callback_url(settings):
+    return settings.oauth_callback_url or settings.public_url + "hub/oauth_callback"
+
+
+def provider_config(settings, oidc_metadata=None):
+    """{"Section.trait": value} for an OAuth provider (settings already `check`ed)."""
+    s, cls = settings, OAUTH_CLASSES[settings.auth_provider]
+    config = {
+        "JupyterHub.authenticator_class": AUTHENTICATOR_NAMES[s.auth_provider],
+        "OAuthenticator.client_id": s.oauth_client_id,
+        "OAuthenticator.client_secret": s.oauth_client_secret,
+        "OAuthenticator.oauth_callback_url": callback_url(s),
+        "Authenticator.allowed_users": set(s.allowed_users),
+        "Authenticator.allow_all": s.allow_all,
+        # tokens from the provider are kept, encrypted (see crypt_keys)
+        "Authenticator.enable_auth_state": True,
+        "Authenticator.manage_groups": manages_groups(s),
+        # shown to people the provider knows but no allow rule lets in
+        "OAuthenticator.custom_403_message": (
+            f"Your account is not allowed to use {s.lab_name}: it is not on the list of users "
+            "or groups this hub lets in. If it should be, ask the hub's administrators."),
+    }
+    if s.auth_provider == "github":
+        config.update({
+            # allowed_organizations asks GitHub's API about each org or org:team at login
+            f"{cls}.allowed_organizations": set(s.allowed_groups),
+            # read:org: private memberships and teams too, not only public ones
+            f"{cls}.scope": ["read:org"],
+            f"{cls}.populate_teams_in_auth_state": True,
+            f"{cls}.auth_state_groups_key": github_groups,
+            f"{cls}.admin_groups": {g.lower() for g in s.admin_groups},
+        })
+    elif s.auth_provider == "gitlab":
+        config.update({
+            f"{cls}.gitlab_url": s.gitlab_url,
+            # openid: GitLab's userinfo lists the user's groups (register both scopes)
+            f"{cls}.scope": ["read_user", "openid"],
+            f"{cls}.modify_auth_state_hook": gitlab_groups,
+            f"{cls}.auth_state_groups_key": "gitlab_groups",
+            f"{cls}.allowed_groups": set(s.allowed_groups),
+            f"{cls}.admin_groups": set(s.admin_groups),
+        })
+    elif s.auth_provider == "google":
+        config.update({f"{cls}.hosted_domain": list(s.google_hosted_domain)})
+    elif s.auth_provider == "oidc":
+        meta = oidc_metadata
+        config.update({
+            f"{cls}.login_service": "single sign-on",
+            f"{cls}.authorize_url": meta["authorization_endpoint"],
+            f"{cls}.token_url": meta["token_endpoint"],
+            f"{cls}.scope": list(s.oidc_scopes),
+            f"{cls}.username_claim": s.oidc_username_claim,
+            # the userinfo response is kept in auth_state under "oauth_user"
+            f"{cls}.auth_state_groups_key": f"oauth_user.{s.oidc_groups_claim}",
+            f"{cls}.allowed_groups": set(s.allowed_groups),
+            f"{cls}.admin_groups": set(s.admin_groups),
+        })
+        if meta.get("userinfo_endpoint"):
+            config[f"{cls}.userdata_url"] = meta["userinfo_endpoint"]
+        else:  # no userinfo endpoint: the claims come from the ID token instead
+            config[f"{cls}.userdata_from_id_token"] = True
+    return config
+
+
+def discover_oidc(issuer, log, attempts=3, delay=2, opener=urllib.request.urlopen, sleep=time.sleep):
+    """The issuer's OpenID Connect metadata; SettingsError naming OIDC_ISSUER if it
+    cannot be read or is not an issuer's. Retries a little: the provider may be starting."""
+    url = f"{issuer}/.well-known/openid-configuration"
+    for attempt in range(1, attempts + 1):
+        try:
+            with opener(url, timeout=10) as response:
+                body = response.read()
+            break
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = f"HTTP {e.code}" if isinstance(e, urllib.error.HTTPError) else str(
+                getattr(e, "reason", e))
+            if attempt == attempts:
+                raise SettingsError([(
+                    f"OIDC_ISSUER={issuer}: cannot read {url} ({reason}); check the URL "
+                    "and that the hub container can reach the provider")]) from None
+            log.warning("OIDC_ISSUER: %s not readable yet (%s), retrying", url, reason)
+            sleep(delay)
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise SettingsError([(f"OIDC_ISSUER={issuer}: {url} is not JSON metadata; "
+                              "is this an OpenID Connect issuer?")])
+    missing = [k for k in ("authorization_endpoint", "token_endpoint") if not meta.get(k)]
+    if missing:
+        raise SettingsError([f"OIDC_ISSUER={issuer}: {url} lacks {', '.join(missing)}"])
+    if str(meta.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
+        raise SettingsError([(f"OIDC_ISSUER={issuer}: the provider calls itself "
+                              f"{meta.get('issuer')!r}; set OIDC_ISSUER to exactly that")])
+    return meta
+
+
+def _valid_key(key):
+    try:
+        if len(key) == 64:
+            return len(bytes.fromhex(key)) == 32
+        return len(key) == 44 and len(base64.urlsafe_b64decode(key)) == 32
+    except (ValueError, binascii.Error):
+        return False
+
+
+def crypt_keys(settings, log):
+    """Keys for JupyterHub's CryptKeeper: JUPYTERHUB_CRYPT_KEY, else one generated on
+    first start and kept on the hub's volume (mode 600), the same after restarts."""
+    if settings.crypt_key:
+        keys = [k.strip() for k in settings.crypt_key.split(";") if k.strip()]
+        if not keys or not all(map(_valid_key, keys)):
+            # the value is a secret: never echo it
+            raise SettingsError([("JUPYTERHUB_CRYPT_KEY is not valid (value not shown): expected "
+                                  "64 hex digits (openssl rand -hex 32), several separated by "
+                                  "';' to rotate, or empty to generate one")])
+        return keys
+    from .config import read_or_create_secret  # here: hub.config imports this module
+
+    os.makedirs(settings.state_dir, exist_ok=True)
+    path = f"{settings.state_dir}/crypt-key"
+    if not os.path.exists(path):
+        log.info("Generating the key that encrypts login tokens: %s", path)
+    return [read_or_create_secret(path)]
+
+
+def configure(c, settings, log, discover=discover_oidc):
     c.Authenticator.admin_users = set(settings.admin_users)
+    # the lab's name on the login and spawn pages (hub/templates)
+    c.JupyterHub.template_paths = [TEMPLATES]
     if settings.auth_provider == "dummy":
         c.JupyterHub.authenticator_class = "dummy"
         c.DummyAuthenticator.password = settings.dummy_password
@@ -18,6 +227,15 @@ def configure(c, settings, log):
         for line in DUMMY_WARNING.strip().splitlines():
             log.warning(line)
         return
-    raise NotImplementedError(
-        f"AUTH_PROVIDER={settings.auth_provider} is not wired in yet; use dummy for development"
-    )
+    check(settings)
+    meta = discover(settings.oidc_issuer, log) if settings.auth_provider == "oidc" else None
+    for key, value in provider_config(settings, meta).items():
+        section, trait = key.split(".")
+        setattr(getattr(c, section), trait, value)
+    c.CryptKeeper.keys = crypt_keys(settings, log)
+    if settings.allow_all:
+        log.warning("GPUHUB_ALLOW_ALL=true: everybody %s signs in may log in%s",
+                    settings.auth_provider,
+                    f" ({', '.join(settings.google_hosted_domain)} only)"
+                    if settings.auth_provider == "google" and settings.google_hosted_domain else "")
+    log.info("Logins through %s, callback %s", settings.auth_provider, callback_url(settings))

@@ -164,7 +164,9 @@ def apply(c, environ=None):
             "services": ["idle-culler"],
         }]
 
-    c.JupyterHub.load_groups = {group: {} for group in s.groups}
+    # with groups synced from the identity provider JupyterHub refuses load_groups; the
+    # names in GPUHUB_GROUPS still count as known (known_groups) for catalog and caps
+    c.JupyterHub.load_groups = {} if auth.manages_groups(s) else {group: {} for group in s.groups}
     c.GpuhubSpawner.catalog = catalog
     c.GpuhubSpawner.gpu_allocator = allocator
     c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator}

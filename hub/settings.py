@@ -189,6 +189,39 @@ SETTINGS = (
     Setting("GPUHUB_ADMIN_USERS", names, "", "User names with admin rights, comma-separated."),
     Setting("GPUHUB_DUMMY_PASSWORD", text, "",
             "With AUTH_PROVIDER=dummy: the shared password (empty accepts any)."),
+    Setting("GPUHUB_ALLOWED_USERS", names, "",
+            "User names that may log in, comma-separated (as the provider names them)."),
+    Setting("GPUHUB_ALLOWED_GROUPS", names, "",
+            "Groups whose members may log in: GitHub organisations or org:team, GitLab group "
+            "paths, or OIDC groups from OIDC_GROUPS_CLAIM (not with google)."),
+    Setting("GPUHUB_ADMIN_GROUPS", names, "",
+            "Groups whose members are admins (GitHub org:team, GitLab group paths, OIDC groups)."),
+    Setting("GPUHUB_ALLOW_ALL", boolean, "false",
+            "true lets everybody the provider signs in log in (with google: everybody in "
+            "GOOGLE_HOSTED_DOMAIN); the deliberate alternative to the allow lists."),
+    Setting("OAUTH_CLIENT_ID", text, "", "Client ID of the hub's OAuth application at the provider."),
+    Setting("OAUTH_CLIENT_SECRET", text, "", "Client secret of that application."),
+    Setting("OAUTH_CALLBACK_URL", lambda raw: url(raw) if raw.strip() else "", "",
+            "Redirect URL registered with the provider; empty: the public URL + hub/oauth_callback."),
+    Setting("OIDC_ISSUER", lambda raw: url(raw) if raw.strip() else "", "",
+            "With AUTH_PROVIDER=oidc: the issuer URL; endpoints come from its "
+            "/.well-known/openid-configuration at start-up."),
+    Setting("OIDC_USERNAME_CLAIM", text, "preferred_username",
+            "With AUTH_PROVIDER=oidc: the claim that becomes the user name."),
+    Setting("OIDC_GROUPS_CLAIM", text, "groups",
+            "With AUTH_PROVIDER=oidc: the claim listing the user's groups (dots for nested "
+            "claims, e.g. realm_access.roles)."),
+    Setting("OIDC_SCOPES", names, "openid profile email",
+            "With AUTH_PROVIDER=oidc: scopes to ask for (add the one that releases the groups "
+            "claim if the provider needs one)."),
+    Setting("GITLAB_URL", url, "https://gitlab.com", "With AUTH_PROVIDER=gitlab: the GitLab instance."),
+    Setting("GOOGLE_HOSTED_DOMAIN", names, "",
+            "With AUTH_PROVIDER=google: only accounts of these Google Workspace domains "
+            "(comma-separated; one domain also drops @domain from user names)."),
+    Setting("JUPYTERHUB_CRYPT_KEY", text, "",
+            "Key encrypting login tokens in the hub database (64 hex digits; ;-separated to "
+            "rotate); empty: generated on first start and kept on the hub's volume.",
+            attr="crypt_key"),
     # -- user servers --
     Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
     Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
