@@ -165,6 +165,7 @@ class Setting:
     default: str | None  # None: required
     help: str
     attr: str = field(default="")
+    secret: bool = False  # never shown: repr(Settings) prints "***" for it
 
     @property
     def key(self):
@@ -188,7 +189,7 @@ SETTINGS = (
             attr="auth_provider"),
     Setting("GPUHUB_ADMIN_USERS", names, "", "User names with admin rights, comma-separated."),
     Setting("GPUHUB_DUMMY_PASSWORD", text, "",
-            "With AUTH_PROVIDER=dummy: the shared password (empty accepts any)."),
+            "With AUTH_PROVIDER=dummy: the shared password (empty accepts any).", secret=True),
     Setting("GPUHUB_ALLOWED_USERS", names, "",
             "User names that may log in, comma-separated (as the provider names them)."),
     Setting("GPUHUB_ALLOWED_GROUPS", names, "",
@@ -200,7 +201,7 @@ SETTINGS = (
             "true lets everybody the provider signs in log in (with google: everybody in "
             "GOOGLE_HOSTED_DOMAIN); the deliberate alternative to the allow lists."),
     Setting("OAUTH_CLIENT_ID", text, "", "Client ID of the hub's OAuth application at the provider."),
-    Setting("OAUTH_CLIENT_SECRET", text, "", "Client secret of that application."),
+    Setting("OAUTH_CLIENT_SECRET", text, "", "Client secret of that application.", secret=True),
     Setting("OAUTH_CALLBACK_URL", lambda raw: url(raw) if raw.strip() else "", "",
             "Redirect URL registered with the provider; empty: the public URL + hub/oauth_callback."),
     Setting("OIDC_ISSUER", lambda raw: url(raw) if raw.strip() else "", "",
@@ -221,7 +222,7 @@ SETTINGS = (
     Setting("JUPYTERHUB_CRYPT_KEY", text, "",
             "Key encrypting login tokens in the hub database (64 hex digits; ;-separated to "
             "rotate); empty: generated on first start and kept on the hub's volume.",
-            attr="crypt_key"),
+            attr="crypt_key", secret=True),
     # -- user servers --
     Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
     Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
@@ -278,7 +279,9 @@ class Settings:
         self.__dict__.update(values)
 
     def __repr__(self):
-        return f"Settings({self.__dict__!r})"
+        # secrets (client secret, crypt key, password) may end up in a log: never their values
+        shown = {k: "***" if k in SECRETS and v else v for k, v in self.__dict__.items()}
+        return f"Settings({shown!r})"
 
     @property
     def database(self):
@@ -289,6 +292,9 @@ class Settings:
     def public_url(self):
         port = "" if self.https_port == 443 else f":{self.https_port}"
         return f"https://{self.domain}{port}/"
+
+
+SECRETS = frozenset(setting.key for setting in SETTINGS if setting.secret)
 
 
 def load(environ=None):

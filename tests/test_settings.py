@@ -19,6 +19,18 @@ def test_defaults_fill_in_everything_optional():
     assert s.public_url == "https://hub.example.edu/"
 
 
+def test_secrets_are_never_shown_by_repr():
+    secret, key, password = "client-secret-value", "ab" * 32, "shared-pass"
+    s = settings.load({**BASE, "OAUTH_CLIENT_SECRET": secret, "JUPYTERHUB_CRYPT_KEY": key,
+                       "GPUHUB_DUMMY_PASSWORD": password, "OAUTH_CLIENT_ID": "client-id"})
+    shown = repr(s)
+    for value in (secret, key, password):
+        assert value not in shown
+    # the values themselves are there for the code that needs them; other settings show
+    assert (s.oauth_client_secret, s.crypt_key, s.dummy_password) == (secret, key, password)
+    assert "client-id" in shown and "'oauth_client_secret': '***'" in shown
+
+
 def test_every_problem_is_reported_with_its_variable():
     env = {"AUTH_PROVIDER": "facebook", "GPUHUB_USER_IMAGE": "Gpuhub/Base:1",
            "GPUHUB_HTTPS_PORT": "70000", "GPUHUB_CPU_LIMIT": "-1", "GPUHUB_MEM_LIMIT": "8 GB",
