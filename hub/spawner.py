@@ -11,7 +11,8 @@ import inspect
 
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Any, Dict, default
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Any, Dict, Float, default
 
 from .gpus import GroupCapReached, NoGpuAvailable
 
@@ -43,6 +44,42 @@ def create_kwargs(spawner):
     }
 
 
+STOP_CHECK_SECONDS = 1.0
+
+
+async def wait_until_answering(url, timeout, interval, stopped, clock=None):
+    """Poll `url` every `interval` seconds until it gives any HTTP response (what the hub's
+    own check counts as up), `stopped()` is true, or `timeout` passes. True if it answered.
+
+    Why: after start() returns, JupyterHub checks the server with an exponential backoff
+    (waits drawn from 0-0.2 s, 0-0.4 s, ... up to 5 s), so a server that comes up 3 s in is
+    typically noticed a second or two late. Returning once it answers lets the hub's
+    first check succeed at once (see docs/performance.md)."""
+    loop = asyncio.get_running_loop()
+    clock = clock or loop.time
+    deadline = clock() + timeout
+    client = AsyncHTTPClient()
+    # asking Docker whether the container still runs costs more than a local HTTP request:
+    # once a second is enough (a burst of spawns must not flood the engine)
+    next_stop_check = clock() + STOP_CHECK_SECONDS
+    while clock() < deadline:
+        try:
+            await client.fetch(HTTPRequest(url, method="GET", follow_redirects=False,
+                                           connect_timeout=1, request_timeout=2))
+            return True
+        except HTTPClientError as e:
+            if e.code != 599:  # 302 to the login, 403, 404 ...: it is up and answering
+                return True
+        except OSError:  # connection refused: not listening yet
+            pass
+        if clock() >= next_stop_check:
+            if await stopped():
+                return False  # the container is gone: the hub finds out through poll()
+            next_stop_check = clock() + STOP_CHECK_SECONDS
+        await asyncio.sleep(interval)
+    return False
+
+
 class GpuhubSpawner(DockerSpawner):
     """One container per user server: the course the user picked, the GPUs it wants."""
 
@@ -59,6 +96,12 @@ class GpuhubSpawner(DockerSpawner):
         """)
     container_user = Any("1000:100", config=True, help="""
         UID:GID the container runs as, whatever the image says, e.g. "1000:100".
+        """)
+
+    ready_poll_interval = Float(0.1, config=True, help="""
+        Seconds between checks whether a starting server answers yet; start() returns
+        when it does, or after http_timeout, or when the container stops. 0 returns as
+        soon as the container runs and leaves the waiting to JupyterHub's own backoff.
         """)
 
     def __init__(self, **kwargs):
@@ -122,11 +165,19 @@ class GpuhubSpawner(DockerSpawner):
         if wanted:
             await self._allocate(course, wanted)
         try:
-            return await super().start()
+            ip, port = await super().start()
         except BaseException:
             # a failed start leaves nothing behind: no container (DockerSpawner) and no GPU
             await self._release()
             raise
+        if self.ready_poll_interval > 0:
+            base_url = self.server.base_url if self.server else "/"
+            await wait_until_answering(f"http://{ip}:{port}{base_url}api", self.http_timeout,
+                                       self.ready_poll_interval, self._stopped)
+        return ip, port
+
+    async def _stopped(self):
+        return await self.poll() is not None
 
     async def _allocate(self, course, wanted):
         loop = asyncio.get_running_loop()
