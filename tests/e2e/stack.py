@@ -64,15 +64,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def free_subnet(client):
-    """A /29 for the control network that no existing Docker network overlaps."""
+def free_subnet(client, pattern="10.254.{}.0/29", what="the control network"):
+    """A subnet of `pattern` (its third octet from 200 up) that no Docker network overlaps."""
     used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
             for c in (n.attrs.get("IPAM", {}).get("Config") or []) if "Subnet" in c]
     for third in range(200, 255):
-        candidate = ipaddress.ip_network(f"10.254.{third}.0/29")
+        candidate = ipaddress.ip_network(pattern.format(third))
         if not any(candidate.overlaps(u) for u in used):
             return candidate
-    raise RuntimeError("no free 10.254.x.0/29 subnet for the control network")
+    raise RuntimeError(f"no free {pattern.format('x')} subnet for {what}")
 
 
 def copy_repository(dest):

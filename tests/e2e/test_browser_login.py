@@ -16,11 +16,11 @@ What runs, and the one difference from production:
 - Browser: Debian's Chromium, headless, driven by Playwright; it may reach only this
   machine and the test's network (anything else is blocked and listed).
 
-Screenshots of every step go to `test-artifacts/screenshots/`, and after a pass to
-`docs/images/` for `docs/students.md`.
+Screenshots of every step go to `test-artifacts/screenshots/` (CI keeps that folder as
+artifacts). With GPUHUB_UPDATE_DOCS_IMAGES=1 a pass also copies them to `docs/images/`
+for `docs/students.md`; otherwise a test run leaves the docs as they are.
 """
 
-import ipaddress
 import json
 import os
 import secrets
@@ -36,7 +36,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from .stack import REPO, Stack, free_port, image_exists, traefik_image, wait_for
+from .stack import REPO, Stack, free_port, free_subnet, image_exists, traefik_image, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +54,7 @@ ACCOUNTS = {"student1": {"password": secrets.token_urlsafe(12), "groups": ["cs10
 def free_users_subnet(client):
     """A /24 for the users network that no Docker network overlaps (its gateway, .1, is
     where the identity provider listens)."""
-    used = [ipaddress.ip_network(c["Subnet"]) for n in client.networks.list()
-            for c in (n.attrs.get("IPAM", {}).get("Config") or []) if "Subnet" in c]
-    for third in range(200, 256):
-        candidate = ipaddress.ip_network(f"10.253.{third}.0/24")
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
-    raise RuntimeError("no free 10.253.x.0/24 subnet for the users network")
+    return free_subnet(client, "10.253.{}.0/24", "the users network")
 
 
 def install_provider():
@@ -250,7 +244,10 @@ class Student:
                 f"provider log:\n{self.provider.log.read_text()[-2000:]}")
 
     def publish(self):
-        """After a pass: the screenshots become the docs' images."""
+        """After a pass, when asked (GPUHUB_UPDATE_DOCS_IMAGES=1): the screenshots become
+        the docs' images."""
+        if os.environ.get("GPUHUB_UPDATE_DOCS_IMAGES") != "1":
+            return
         DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
         for path in self.shots:
             shutil.copy(path, DOCS_IMAGES / path.name)
