@@ -3,13 +3,14 @@ VENV ?= .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 UV = $(VENV)/bin/uv
 
-.PHONY: test test-fast setup lock images help
+.PHONY: test test-fast setup lock images help bench
 
 help:
 	@echo "make test       install what the tests need, then run every test (as CI does)"
 	@echo "make test-fast  only the tests that need no Docker engine"
 	@echo "make images     build every image in the catalog with the mirrors from .env"
 	@echo "make lock       regenerate the hash-locked requirements from the *.in files"
+	@echo "make bench      benchmarks: spawn, burst, API load, memory, image builds (docs/performance.md)"
 
 test: setup
 	python -m pytest
@@ -31,3 +32,10 @@ lock: $(UV)
 	cd hub && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests && ../$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests/images/tensorflow-2.9-gpu && ../../../$(UV) pip compile requirements-standin.in --python-version 3.11 --python-platform x86_64-manylinux_2_17 --generate-hashes --custom-compile-command "make lock" -q -o requirements-standin.txt
+
+# Spawn time, burst, API latency, memory and course image builds, side by side with a
+# plain DockerSpawner hub and raw `docker run` (benchmarks/run.py, docs/performance.md).
+.PHONY: bench
+# More: make bench BENCH_ARGS="--burst 100 --rounds 10"
+bench: setup
+	python benchmarks/run.py $(BENCH_ARGS)

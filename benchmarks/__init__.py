@@ -1,0 +1,1 @@
+"""Benchmarks of the deployment: run `make bench` (benchmarks/run.py); see docs/performance.md."""
