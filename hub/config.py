@@ -145,7 +145,7 @@ def apply(c, environ=None):
     c.DockerSpawner.mem_limit = s.mem_limit
     c.DockerSpawner.cpu_limit = s.cpu_limit
     c.DockerSpawner.start_timeout = s.start_timeout
-    c.DockerSpawner.http_timeout = 120
+    c.DockerSpawner.http_timeout = s.ready_timeout
     c.Spawner.default_url = "/lab"
     # leave users' servers running when the hub restarts; it finds them again
     c.JupyterHub.cleanup_servers = False

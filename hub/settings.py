@@ -66,6 +66,13 @@ def non_negative(raw):
     return value
 
 
+def positive_int(raw):
+    value = integer(raw)
+    if value < 1:
+        raise ValueError("a whole number, 1 or more")
+    return value
+
+
 def boolean(raw):
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -240,6 +247,9 @@ SETTINGS = (
     Setting("GPUHUB_SHM_SIZE", size, "2g", "/dev/shm of a user server, for input pipelines."),
     Setting("GPUHUB_START_TIMEOUT", non_negative, "300",
             "Seconds a server may take to start (image pulls of big GPU images are slow)."),
+    Setting("GPUHUB_READY_TIMEOUT", positive_int, "120",
+            "Seconds a started container's Jupyter server may take to answer; raise it "
+            "for big bursts on few cores (docs/performance.md)."),
     Setting("GPUHUB_IDLE_TIMEOUT", non_negative, "3600",
             "Stop servers idle this many seconds (0: never); stopping frees their GPUs."),
     # -- courses and GPUs --

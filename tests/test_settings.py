@@ -31,6 +31,15 @@ def test_secrets_are_never_shown_by_repr():
     assert "client-id" in shown and "'oauth_client_secret': '***'" in shown
 
 
+def test_ready_timeout_is_a_positive_number_of_seconds():
+    assert settings.load(BASE).ready_timeout == 120
+    assert settings.load({**BASE, "GPUHUB_READY_TIMEOUT": " 600 "}).ready_timeout == 600
+    for bad in ("0", "-5", "2m"):
+        with pytest.raises(settings.SettingsError) as e:
+            settings.load({**BASE, "GPUHUB_READY_TIMEOUT": bad})
+        assert f"GPUHUB_READY_TIMEOUT={bad!r}" in str(e.value), str(e.value)
+
+
 def test_every_problem_is_reported_with_its_variable():
     env = {"AUTH_PROVIDER": "facebook", "GPUHUB_USER_IMAGE": "Gpuhub/Base:1",
            "GPUHUB_HTTPS_PORT": "70000", "GPUHUB_CPU_LIMIT": "-1", "GPUHUB_MEM_LIMIT": "8 GB",
