@@ -44,12 +44,26 @@ def create_kwargs(spawner):
     }
 
 
-STOP_CHECK_SECONDS = 1.0
+# A server that is slow to come up is usually slow because many start at once: poll it
+# less often the longer it takes (a twentieth of the wait so far), so that fifty servers
+# starting together do not cost the busy hub hundreds of requests a second.
+MAX_POLL_SECONDS = 1.0
+# Asking Docker whether the container still runs costs more than a local HTTP request:
+# at most once a second, and less often the longer the wait.
+STOP_CHECK_SECONDS = (1.0, 5.0)
+
+
+def poll_delays(elapsed, interval):
+    """(seconds to the next poll, seconds to the next stop check) after `elapsed` seconds."""
+    low, high = STOP_CHECK_SECONDS
+    return (min(MAX_POLL_SECONDS, max(interval, elapsed / 20)),
+            min(high, max(low, elapsed / 10)))
 
 
 async def wait_until_answering(url, timeout, interval, stopped, clock=None):
-    """Poll `url` every `interval` seconds until it gives any HTTP response (what the hub's
-    own check counts as up), `stopped()` is true, or `timeout` passes. True if it answered.
+    """Poll `url` until it gives any HTTP response (what the hub's own check counts as up),
+    `stopped()` is true, or `timeout` passes; True if it answered. Polls every `interval`
+    seconds at first, less often as the wait grows (`poll_delays`).
 
     Why: after start() returns, JupyterHub checks the server with an exponential backoff
     (waits drawn from 0-0.2 s, 0-0.4 s, ... up to 5 s), so a server that comes up 3 s in is
@@ -57,11 +71,10 @@ async def wait_until_answering(url, timeout, interval, stopped, clock=None):
     first check succeed at once (see docs/performance.md)."""
     loop = asyncio.get_running_loop()
     clock = clock or loop.time
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
     client = AsyncHTTPClient()
-    # asking Docker whether the container still runs costs more than a local HTTP request:
-    # once a second is enough (a burst of spawns must not flood the engine)
-    next_stop_check = clock() + STOP_CHECK_SECONDS
+    next_stop_check = started + poll_delays(0, interval)[1]
     while clock() < deadline:
         try:
             await client.fetch(HTTPRequest(url, method="GET", follow_redirects=False,
@@ -72,11 +85,12 @@ async def wait_until_answering(url, timeout, interval, stopped, clock=None):
                 return True
         except OSError:  # connection refused: not listening yet
             pass
+        poll, stop_check = poll_delays(clock() - started, interval)
         if clock() >= next_stop_check:
             if await stopped():
                 return False  # the container is gone: the hub finds out through poll()
-            next_stop_check = clock() + STOP_CHECK_SECONDS
-        await asyncio.sleep(interval)
+            next_stop_check = clock() + stop_check
+        await asyncio.sleep(poll)
     return False
 
 

@@ -6,7 +6,7 @@ import socket
 
 from tornado.web import Application, RequestHandler
 
-from hub.spawner import wait_until_answering
+from hub.spawner import poll_delays, wait_until_answering
 
 
 def free_port():
@@ -70,3 +70,14 @@ async def test_stops_waiting_when_the_container_stops():
     assert len(checks) == 3 and loop.time() - start < 10
     # Docker is asked about once a second, not at every poll
     assert loop.time() - start >= 2
+
+
+def test_polls_less_often_the_longer_a_server_takes():
+    # at first every `interval`, so a lone spawn is noticed within a tenth of a second
+    assert poll_delays(0, 0.1) == (0.1, 1.0)
+    assert poll_delays(2, 0.1) == (0.1, 1.0)
+    # a server still starting after a minute (a burst on few cores): once a second,
+    # and Docker is asked about it every five
+    assert poll_delays(60, 0.1) == (1.0, 5.0)
+    assert poll_delays(600, 0.1) == (1.0, 5.0)
+    assert poll_delays(10, 0.1) == (0.5, 1.0)
