@@ -73,25 +73,30 @@ async def wait_until_answering(url, timeout, interval, stopped, clock=None):
     clock = clock or loop.time
     started = clock()
     deadline = started + timeout
-    client = AsyncHTTPClient()
+    # a client of its own: the hub's shared one serves at most 10 requests at a time
+    # (tornado's default) and also talks to the proxy; a burst's pollers must not queue there
+    client = AsyncHTTPClient(force_instance=True)
     next_stop_check = started + poll_delays(0, interval)[1]
-    while clock() < deadline:
-        try:
-            await client.fetch(HTTPRequest(url, method="GET", follow_redirects=False,
-                                           connect_timeout=1, request_timeout=2))
-            return True
-        except HTTPClientError as e:
-            if e.code != 599:  # 302 to the login, 403, 404 ...: it is up and answering
+    try:
+        while clock() < deadline:
+            try:
+                await client.fetch(HTTPRequest(url, method="GET", follow_redirects=False,
+                                               connect_timeout=1, request_timeout=2))
                 return True
-        except OSError:  # connection refused: not listening yet
-            pass
-        poll, stop_check = poll_delays(clock() - started, interval)
-        if clock() >= next_stop_check:
-            if await stopped():
-                return False  # the container is gone: the hub finds out through poll()
-            next_stop_check = clock() + stop_check
-        await asyncio.sleep(poll)
-    return False
+            except HTTPClientError as e:
+                if e.code != 599:  # 302 to the login, 403, 404 ...: it is up and answering
+                    return True
+            except OSError:  # connection refused: not listening yet
+                pass
+            poll, stop_check = poll_delays(clock() - started, interval)
+            if clock() >= next_stop_check:
+                if await stopped():
+                    return False  # the container is gone: the hub finds out through poll()
+                next_stop_check = clock() + stop_check
+            await asyncio.sleep(poll)
+        return False
+    finally:
+        client.close()
 
 
 class GpuhubSpawner(DockerSpawner):
