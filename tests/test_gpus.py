@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.exc import IntegrityError
 
 from hub import cli, gpu_store, gpus
+from tests.e2e.stack import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 UUIDS = [f"GPU-{i:08x}-aaaa-4bbb-8ccc-{i:012x}" for i in range(1, 9)]
@@ -664,17 +665,15 @@ def test_admins_get_the_allocations_from_the_rest_api(tmp_path):
                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{hub_port}/hub"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if get(f"{base}/api/")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if hub.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("JupyterHub did not answer within 90 s:\n"
-                            + (tmp_path / "hub.log").read_text()[-3000:])
-            time.sleep(0.2)
+        def answers_or_exited():
+            return "exited" if hub.poll() is not None else get(f"{base}/api/")[0] == 200
+        try:
+            state = wait_for(answers_or_exited, 90, "JupyterHub to answer", interval=0.2)
+        except AssertionError as e:
+            state = str(e)
+        if state is not True:
+            pytest.fail(f"JupyterHub did not answer ({state}):\n"
+                        + (tmp_path / "hub.log").read_text()[-3000:])
 
         status, body = get(f"{base}/api/gpus", admin)
         assert status == 200, body
