@@ -17,6 +17,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = Path(os.environ.get("GPUHUB_SCHEMA_DIR", REPO.parent / "shared" / "schemas"))
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+# Suffix for every compose project, image tag and network of this run, so that runs
+# from several checkouts on one Docker engine do not share (and break) each other's.
+RUN_ID = os.environ.get("GPUHUB_E2E_ID", "")
 
 
 def compose_command():
@@ -95,6 +98,7 @@ class Stack:
     def __init__(self, workdir, client, name, real_traefik, extra_env=None):
         self.dir = Path(workdir)
         self.client = client
+        name = f"{name}{RUN_ID}"
         self.project = name
         self.real_traefik = real_traefik
         self.token = secrets.token_hex(16)
@@ -123,6 +127,8 @@ class Stack:
             "GPUHUB_SCHEMA_DIR": str(SCHEMA_DIR),
         }
         self.env.update(extra_env or {})
+        if RUN_ID and not self.env["GPUHUB_VERSION"].endswith(RUN_ID):
+            self.env["GPUHUB_VERSION"] += RUN_ID
         copy_repository(self.dir)
         (self.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
         (self.dir / "jupyterhub_config.d" / "90-e2e-service.py").write_text(

@@ -19,7 +19,7 @@ def course_stack(tmp_path_factory, docker_client, standin_bases):
         "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
         "GPUHUB_GROUPS": "group-a",
     })
-    base, course = s.env["GPUHUB_USER_IMAGE"], "gpuhubcourse/course-a:e2e"
+    base, course = s.env["GPUHUB_USER_IMAGE"], f"{s.project}/course-a:e2e"
     (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
         {"slug": "base", "display_name": "TensorFlow 2.9", "image": base, "default": True},
         {"slug": "course-a", "display_name": "Course A", "description": "with sympy",
