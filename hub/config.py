@@ -107,7 +107,8 @@ def apply(c, environ=None):
         c.JupyterHub.ssl_cert, c.JupyterHub.ssl_key = certificate
 
     # Traefik runs in its own container and reads the routes the hub writes to a file.
-    c.JupyterHub.proxy_class = "traefik_file"
+    # jupyterhub-traefik-proxy's file provider, refusing routes with rule syntax (hub/proxy.py)
+    c.JupyterHub.proxy_class = "hub.proxy.GpuhubTraefikProxy"
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = s.routes_file
     c.TraefikFileProviderProxy.traefik_api_url = s.traefik_api_url
@@ -172,5 +173,6 @@ def apply(c, environ=None):
     c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator}
     c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
 
-    c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name}
+    c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name,
+                                  "gpuhub_dev_login": s.auth_provider == "dummy"}
     return s

@@ -141,5 +141,12 @@ def test_env_example_settings_load():
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             env[key] = value
-    loaded = settings.load(env)
+    # closed by default: a copied .env.example starts no hub, and says what to choose
+    with pytest.raises(settings.SettingsError) as e:
+        settings.load(env)
+    assert e.value.problems == [
+        "AUTH_PROVIDER is not set: github, gitlab, google, oidc; or dummy (development only: "
+        "one shared password, GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example "
+        "starts no hub."]
+    loaded = settings.load({**env, "AUTH_PROVIDER": "github"})
     assert loaded.public_url == "https://hub.example.edu/"
