@@ -114,3 +114,17 @@ def test_names_the_pattern_allows_never_add_a_matcher(name):
     spec = routespec_for(normal)
     check_routespec(spec)
     assert matchers(traefik_utils.generate_rule(spec)) == expected("", f"/user/{normal}/")
+
+
+@given(st.text())
+def test_subdomain_routes_of_allowed_names_pass_and_stay_plain(name):
+    """Subdomain mode (c.JupyterHub.subdomain_host): JupyterHub 5's default hook makes a
+    DNS label of the name; the guard lets every allowed name's host route through."""
+    from jupyterhub.utils import subdomain_hook_idna
+    normal = names.normalize(name)
+    if not names.valid_username(normal):
+        return
+    host = subdomain_hook_idna(normal, "hub.example.edu", kind="user")
+    spec = routespec_for(normal, host)
+    check_routespec(spec)
+    assert matchers(traefik_utils.generate_rule(spec)) == expected(host, f"/user/{normal}/")
