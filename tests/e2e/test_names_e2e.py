@@ -224,3 +224,31 @@ def test_a_copied_env_example_starts_no_hub_and_names_auth_provider(stack, tmp_p
     assert result.returncode != 0, result.stdout + result.stderr
     assert "AUTH_PROVIDER is not set: github, gitlab, google, oidc; or dummy" in result.stderr, \
         result.stderr
+
+
+def test_a_missing_image_without_a_registry_is_an_error_not_a_pull(stack):
+    """The user image, untagged for a moment (another tag keeps it): a spawn fails naming
+    the image and `make images`; DockerSpawner would have tried Docker Hub instead."""
+    image = stack.env["GPUHUB_USER_IMAGE"]  # e.g. gpuhube2e/user:e2e, no registry host
+    repository, tag = image.rsplit(":", 1)
+    keep = f"{tag}-kept-by-test-names"
+    stack.client.images.get(image).tag(repository, keep)
+    user = "noimage"
+    try:
+        stack.client.images.remove(image)  # only the tag goes: `keep` still names it
+        assert stack.api("POST", f"/users/{user}").status_code == 201
+        r = stack.api("POST", f"/users/{user}/server")
+
+        def failed():
+            server = stack.api("GET", f"/users/{user}").json()["servers"].get("")
+            return r.status_code >= 400 or not server
+        wait_for(failed, 120, "the spawn without an image to fail")
+        wait_for(lambda: "make images" in stack.logs("hub"), 30, "the hub to log why")
+        line = next(line for line in stack.logs("hub").splitlines() if "make images" in line)
+        assert f"The image {image} is not on this host" in line, line
+        assert f"pulling image {image}" not in stack.logs("hub")  # DockerSpawner's pull
+        assert stack.user_container(user) is None
+    finally:
+        stack.client.images.get(f"{repository}:{keep}").tag(repository, tag)
+        stack.client.images.remove(f"{repository}:{keep}")
+        stack.api("DELETE", f"/users/{user}")
