@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import os
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hub import cli, gpu_store, gpus, settings
 from hub.gpu_store import GpuAllocator
-from tests.e2e.stack import wait_for
+from tests.e2e.stack import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 UUIDS = [f"GPU-{i:08x}-aaaa-4bbb-8ccc-{i:012x}" for i in range(1, 9)]
@@ -604,12 +603,6 @@ def test_a_group_cap_holds_under_concurrency(tmp_path, db_url):
 
 
 # -- the admin REST endpoint, in a real JupyterHub --
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 HUB_CONFIG = """
 import sys
 sys.path.insert(0, {repo!r})
