@@ -113,11 +113,7 @@ def test_out_of_gpus_is_a_clear_refusal_and_nothing_starts(gpu_stack):
 
 def test_a_course_the_user_may_not_see_is_refused(gpu_stack):
     s = gpu_stack
-    assert s.api("POST", "/users/nosy").status_code in (201, 409)
-    r = s.api("POST", "/users/nosy/server", json={"course": "no-such-course"})
-    assert r.status_code == 403, r.text
-    assert "'no-such-course' is not offered to nosy" in r.json()["message"], r.text
-    assert s.user_container("nosy") is None
+    assert "'no-such-course' is not offered to nosy" in s.refused_start("nosy", "no-such-course")
 
 
 def test_stopped_gpu_is_reused_and_allocations_survive_a_hub_restart(gpu_stack):
