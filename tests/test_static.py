@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from hub import settings
 from tests.e2e.stack import copy_repository
@@ -136,11 +137,7 @@ def test_env_example_documents_every_variable():
 
 
 def test_env_example_settings_load():
-    env = {}
-    for line in (REPO / ".env.example").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
+    env = dotenv_values(REPO / ".env.example")
     # closed by default: a copied .env.example starts no hub, and says what to choose
     with pytest.raises(settings.SettingsError) as e:
         settings.load(env)
