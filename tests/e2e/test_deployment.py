@@ -54,7 +54,8 @@ def test_user_server_persists_work_across_removal_and_hub_restart(stack):
     assert container.attrs["Config"]["User"] == "1000:100"
     assert host["CapDrop"] == ["ALL"] and not host["Privileged"]
     assert not any("docker.sock" in (m.get("Source") or "") for m in container.attrs["Mounts"])
-    assert set(container.attrs["NetworkSettings"]["Networks"]) == {stack.env["GPUHUB_USER_NETWORK"]}
+    # on a network of its own, named like the container (hub/networks.py)
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {container.name}
 
     # no path from the user's container to the proxy's API (control network only)
     proxy = stack.container("proxy")
