@@ -225,8 +225,10 @@ class GpuhubSpawner(DockerSpawner):
             await self._join_network()
             ip, port = await super().start()
         except BaseException:
-            # a failed start leaves nothing behind: no container (DockerSpawner) and no GPU
+            # a failed start leaves nothing behind: no container (DockerSpawner), no GPU,
+            # no network
             await self._release()
+            await self._leave_network_quietly()
             raise
         if self.ready_poll_interval > 0:
             base_url = self.server.base_url if self.server else "/"
@@ -276,6 +278,12 @@ class GpuhubSpawner(DockerSpawner):
 
     def _leave_network(self, api):
         networks.remove_network(api, networks.server_network_name(self.object_name))
+
+    async def _leave_network_quietly(self):
+        try:
+            await self._in_docker_thread(self._leave_network)
+        except Exception as e:  # the start's own error is the one to report
+            self.log.warning("Cannot remove the network of %s: %s", self._log_name, e)
 
     def _watch_networks(self):
         cls = GpuhubSpawner
