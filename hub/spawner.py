@@ -272,6 +272,7 @@ class GpuhubSpawner(DockerSpawner):
         except networks.NetworkError as e:
             raise web.HTTPError(503, f"Cannot prepare the network of your server: {e}") from None
         self.network_name = name
+        self._peers_checked = True  # poll() need not check again
         self.log.info("Network %s for %s (joined: %s)", name, self._log_name,
                       ", ".join(connected) or "all there")
         self._watch_networks()
