@@ -204,9 +204,15 @@ def test_pip_installs_through_the_egress_proxy_only(stack, two_students):
 
 
 def test_servers_still_answer_through_the_proxy(stack, two_students):
+    """Isolated from each other, both servers still work for their users: a file written
+    through the proxy reads back."""
     for user in ("amy", "ben"):
-        r = requests.get(f"{stack.server_url(user)}/api/status", headers=auth(stack), timeout=30)
-        assert r.status_code == 200, (user, r.status_code, r.text[:300])
+        url = f"{stack.server_url(user)}/api/contents/isolated-{user}.txt"
+        r = requests.put(url, headers=auth(stack), timeout=30,
+                         json={"type": "file", "format": "text", "content": f"hello {user}"})
+        assert r.status_code in (200, 201), (user, r.status_code, r.text[:300])
+        r = requests.get(url, headers=auth(stack), timeout=30)
+        assert r.status_code == 200 and r.json()["content"] == f"hello {user}", r.text[:300]
 
 
 def test_a_recreated_proxy_finds_its_way_back_to_every_server(stack, two_students):
