@@ -88,6 +88,8 @@ def test_user_server_persists_work_across_removal_and_hub_restart(stack):
 
     # restart the hub: the server keeps running, still routed, still reachable
     running_id = stack.user_container(user).id
+    # a new container on a new network of its own: a new address
+    target = stack.route_target(user)
     stack.compose("restart", "hub")
     stack.wait_healthy()
     assert stack.user_container(user).id == running_id
