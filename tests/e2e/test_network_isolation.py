@@ -226,6 +226,9 @@ def test_a_recreated_proxy_finds_its_way_back_to_every_server(stack, two_student
         r = requests.get(f"{stack.server_url('amy')}/api/status", headers=auth(stack), timeout=5)
         return r.status_code == 200
     wait_for(answers, 60, "amy's server to answer through the recreated proxy")
+    logs = stack.container("hub").logs().decode(errors="replace")
+    assert "connected" in logs and "(it had lost it)" in logs, logs[-3000:]
+    assert "Checking the servers' networks failed" not in logs, logs[-3000:]
     a, b = two_students
     for c in (a, b):
         assert stack.container("proxy").name in {
