@@ -54,8 +54,10 @@ def update_auth(c, s, ready):
 def update_spawner(c, s, ready):
     c.JupyterHub.spawner_class = "hub.spawner.GpuhubSpawner"
     c.DockerSpawner.image = s.user_image
-    c.DockerSpawner.network_name = s.user_network
+    # every server gets a network of its own (hub/networks.py), named like its container
     c.DockerSpawner.use_internal_ip = True
+    c.GpuhubSpawner.server_subnets = s.server_subnets
+    c.GpuhubSpawner.user_egress = s.user_egress
     c.DockerSpawner.prefix = s.container_prefix
     c.DockerSpawner.notebook_dir = s.notebook_dir
     # a named volume per user: work survives container removal and image upgrades

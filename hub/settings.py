@@ -177,6 +177,17 @@ def non_root(raw):
     return value
 
 
+def server_pool(raw):
+    """An IPv4 pool for the servers' own /28 networks (hub/networks.py)."""
+    try:
+        value = ipaddress.IPv4Network(raw.strip())
+    except ValueError:
+        raise ValueError("an IPv4 subnet such as 10.128.0.0/16") from None
+    if value.prefixlen > 28:
+        raise ValueError("an IPv4 subnet of /28 or larger, such as 10.128.0.0/16")
+    return str(value)
+
+
 def lower(raw):
     return raw.strip().lower()
 
@@ -271,7 +282,12 @@ SETTINGS = (
     # -- user servers --
     Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
     Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
-            "Docker network of the hub, the proxy and the user containers."),
+            "Docker network of the hub and the proxy (each user server has one of its own)."),
+    Setting("GPUHUB_SERVER_SUBNETS", server_pool, "10.128.0.0/16",
+            "Address pool of the user servers' own networks, a /28 each (4096 in a /16)."),
+    Setting("GPUHUB_USER_EGRESS", choice("proxy", "deny"), "proxy",
+            "proxy: user servers reach the outside world through the egress proxy only "
+            "(no private, loopback or link-local addresses); deny: not at all (exams)."),
     Setting("GPUHUB_NOTEBOOK_DIR", absolute_path, "/home/jovyan",
             "Notebook directory in the user image; the user's volume is mounted there."),
     Setting("GPUHUB_CONTAINER_PREFIX", docker_name, "gpuhub",
