@@ -12,7 +12,7 @@ import sys
 import docker
 from traitlets.log import get_logger
 
-from . import auth, courses, gpus, tls
+from . import auth, courses, gpus, origins, tls
 from .gpu_api import GpuAllocationsHandler
 from .settings import SettingsError, load
 
@@ -88,7 +88,9 @@ def apply(c, environ=None):
     log = get_logger()
     try:
         s = load(environ)
-        certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
+        origins.check(s)
+        certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log,
+                                  wildcard=s.user_subdomains)
         catalog, allocator = courses_and_gpus(s, log)
     except (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError) as e:
         # A clear message and a clean exit beat a traceback from deep inside traitlets.
@@ -116,6 +118,8 @@ def apply(c, environ=None):
         f"{s.state_dir}/traefik-api-password"
     )
     c.TraefikFileProviderProxy.traefik_entrypoint = "https"
+    # each user's server on its own origin, or all on the hub's (hub/origins.py)
+    origins.configure(c, s, log)
 
     try:
         auth.configure(c, s, log)
