@@ -178,3 +178,90 @@ def test_own_certificate_for_another_host_is_refused_naming_both(tmp_path):
     tls.prepare("own", "hub.lab.edu", str(tmp_path / "out"), str(own), LOG)
     with pytest.raises(tls.TLSError, match=r"does not cover \*\.hub\.lab\.edu \("):
         tls.prepare("own", "hub.lab.edu", str(tmp_path / "out"), str(own), LOG, wildcard=True)
+
+
+# -- Traefik's static configuration (proxy/traefik.yml through proxy/entrypoint.sh) --
+
+def test_letsencrypt_wildcard_through_the_dns_challenge_is_valid_traefik_configuration():
+    from tests.test_static import render_static, schema
+    config = render_static("letsencrypt", GPUHUB_USER_SUBDOMAINS="True", ACME_EMAIL="a@lab.edu",
+                           ACME_DNS_PROVIDER="cloudflare", ACME_DNS_VARIABLES="CF_DNS_API_TOKEN",
+                           CF_DNS_API_TOKEN="secret-token")
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in schema("traefik-v3.json").iter_errors(config)]
+    assert not errors, errors
+    tls_config = config["entryPoints"]["https"]["http"]["tls"]
+    assert tls_config["domains"] == [{"main": "hub.example.edu", "sans": ["*.hub.example.edu"]}]
+    acme = config["certificatesResolvers"]["letsencrypt"]["acme"]
+    assert acme["dnsChallenge"] == {"provider": "cloudflare"}
+    assert "tlsChallenge" not in acme, "one challenge only"
+    assert "secret-token" not in json.dumps(config), "credentials stay in the environment"
+
+
+@pytest.mark.parametrize("mode, subdomains", [("letsencrypt", "false"), ("selfsigned", "true"),
+                                              ("own", "true"), ("selfsigned", "false")])
+def test_other_modes_render_without_the_dns_challenge(mode, subdomains):
+    from tests.test_static import render_static, schema
+    config = render_static(mode, GPUHUB_USER_SUBDOMAINS=subdomains)
+    assert not list(schema("traefik-v3.json").iter_errors(config))
+    text = json.dumps(config)
+    assert "dnsChallenge" not in text and "sans" not in text
+    if mode == "letsencrypt":
+        assert config["certificatesResolvers"]["letsencrypt"]["acme"]["tlsChallenge"] == {}
+
+
+def run_proxy_entrypoint(tmp_path, *args, **env):
+    """proxy/entrypoint.sh as the proxy container runs it, with `traefik` replaced by a
+    script that prints the environment it was started with."""
+    import os
+    import subprocess
+    from tests.test_static import REPO
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "traefik"
+    fake.write_text("#!/bin/sh\nenv\n")
+    fake.chmod(0o755)
+    template = tmp_path / "traefik.yml"
+    template.write_text((REPO / "proxy" / "traefik.yml").read_text())
+    script = (REPO / "proxy" / "entrypoint.sh").read_text().replace(
+        "TEMPLATE=/etc/gpuhub/traefik.yml", f"TEMPLATE={template}").replace(
+        "RENDERED=/tmp/traefik.yml", f"RENDERED={tmp_path}/rendered.yml").replace(
+        "/acme/acme.json", f"{tmp_path}/acme.json")
+    (tmp_path / "entrypoint.sh").write_text(script)
+    return subprocess.run(["sh", str(tmp_path / "entrypoint.sh"), *args], capture_output=True,
+                          text=True, env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                          "GPUHUB_DOMAIN": "hub.example.edu",
+                                          "GPUHUB_PROXY_CONTROL_IP": "10.254.254.6", **env})
+
+
+def test_traefik_gets_the_dns_credentials_and_nothing_else_from_env(tmp_path):
+    result = run_proxy_entrypoint(
+        tmp_path, TLS_MODE="letsencrypt", GPUHUB_USER_SUBDOMAINS="true",
+        ACME_DNS_PROVIDER="route53", ACME_DNS_VARIABLES="AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY",
+        AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY="with spaces and $dollar 'quotes'",
+        OAUTH_CLIENT_SECRET="not-for-traefik", JUPYTERHUB_CRYPT_KEY="ab" * 32)
+    assert result.returncode == 0, result.stderr
+    seen = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    seen.pop("PWD", None)  # set by the stand-in's own shell
+    assert seen["AWS_ACCESS_KEY_ID"] == "AKIAEXAMPLE"
+    assert seen["AWS_SECRET_ACCESS_KEY"] == "with spaces and $dollar 'quotes'"
+    assert set(seen) == {"PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, seen
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TLS_MODE": "letsencrypt", "GPUHUB_USER_SUBDOMAINS": "true"},
+     "GPUHUB_USER_SUBDOMAINS=true with TLS_MODE=letsencrypt needs a certificate for "
+     "*.hub.example.edu, which Let's Encrypt issues only through the DNS challenge: set ACME_DNS_PROVIDER"),
+    ({"TLS_MODE": "letsencrypt", "ACME_DNS_PROVIDER": "cloudflare"},
+     "ACME_DNS_PROVIDER=cloudflare needs its credentials: list their variables in ACME_DNS_VARIABLES"),
+    ({"TLS_MODE": "letsencrypt", "ACME_DNS_PROVIDER": "cloudflare", "ACME_DNS_VARIABLES": "CF_DNS_API_TOKEN"},
+     "ACME_DNS_VARIABLES names CF_DNS_API_TOKEN, but CF_DNS_API_TOKEN is not set in .env"),
+    ({"ACME_DNS_VARIABLES": "CF;reboot"}, "ACME_DNS_VARIABLES: 'CF;reboot' is not a variable name"),
+    ({"ACME_DNS_PROVIDER": "Cloud Flare"}, "ACME_DNS_PROVIDER=Cloud Flare is not valid"),
+    ({"GPUHUB_USER_SUBDOMAINS": "maybe"}, "GPUHUB_USER_SUBDOMAINS=maybe is not valid: expected true or false"),
+], ids=["wildcard-without-dns", "provider-without-credentials", "credential-unset",
+        "bad-variable-name", "bad-provider", "bad-boolean"])
+def test_proxy_refuses_a_dns_challenge_it_cannot_do_naming_the_variable(tmp_path, env, message):
+    for args in ((), ("--render",)):
+        result = run_proxy_entrypoint(tmp_path, *args, **env)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
