@@ -70,7 +70,7 @@ def _is_ip(host):
         return False
 
 
-def configure(c, s, log):
+def configure(c, s):
     c.Spawner.disable_user_config = True
     c.Spawner.args = server_args(s)
     if s.user_subdomains:
@@ -78,6 +78,11 @@ def configure(c, s, log):
         # __Host- cookies cannot be set by a user's subdomain for the hub's host
         # ("cookie tossing"); JupyterHub recommends them with per-user domains only
         c.JupyterHub.cookie_host_prefix_enabled = True
+
+
+def report(s, log):
+    """At start-up: which mode, and a warning for the unsafe one."""
+    if s.user_subdomains:
         log.info("Users' servers on their own origins: https://<user>.%s", s.domain)
     else:
         log.warning("Users' servers share the hub's origin: a page from one student's server "

@@ -16,6 +16,7 @@ from traitlets.config import Config
 from hub import config, origins, settings, tls
 
 BASE = {"GPUHUB_DOMAIN": "hub.lab.edu", "AUTH_PROVIDER": "dummy",
+        "GPUHUB_DUMMY_PASSWORD": "a-development-password",
         "GPUHUB_USER_IMAGE": "gpuhub/tensorflow-2.9-gpu:1"}
 LOG = logging.getLogger("test")
 
@@ -47,9 +48,9 @@ def own_certificate(own, names):
 
 # -- settings and hub configuration --
 
-def test_subdomain_mode_is_off_unless_asked_for_and_the_example_asks_for_it():
-    assert settings.load(BASE).user_subdomains is False
-    assert settings.load({**BASE, "GPUHUB_USER_SUBDOMAINS": "true"}).user_subdomains is True
+def test_subdomain_mode_is_the_default_and_the_example_ships_it():
+    assert settings.load(BASE).user_subdomains is True
+    assert settings.load({**BASE, "GPUHUB_USER_SUBDOMAINS": "false"}).user_subdomains is False
     example = dict(line.split("=", 1) for line in open(".env.example").read().splitlines()
                    if line and not line.startswith("#"))
     assert example["GPUHUB_USER_SUBDOMAINS"] == "true", "the shipped .env is the safe mode"
@@ -103,7 +104,7 @@ def test_subdomain_mode_puts_servers_on_their_own_origin(tmp_path):
 
 def test_single_origin_mode_still_disables_user_config_and_limits_framing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        c = apply(tmp_path)
+        c = apply(tmp_path, GPUHUB_USER_SUBDOMAINS="false")
     assert "subdomain_host" not in c.JupyterHub
     assert c.Spawner.disable_user_config is True
     assert server_headers(c)["Content-Security-Policy"] == "frame-ancestors 'self' https://hub.lab.edu:8443"

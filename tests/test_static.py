@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from hub import settings
 from tests.e2e.stack import copy_repository
@@ -136,10 +137,13 @@ def test_env_example_documents_every_variable():
 
 
 def test_env_example_settings_load():
-    env = {}
-    for line in (REPO / ".env.example").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    loaded = settings.load(env)
+    env = dotenv_values(REPO / ".env.example")
+    # closed by default: a copied .env.example starts no hub, and says what to choose
+    with pytest.raises(settings.SettingsError) as e:
+        settings.load(env)
+    assert e.value.problems == [
+        "AUTH_PROVIDER is not set: github, gitlab, google, oidc; or dummy (development only: "
+        "one shared password, GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example "
+        "starts no hub."]
+    loaded = settings.load({**env, "AUTH_PROVIDER": "github"})
     assert loaded.public_url == "https://hub.example.edu/"

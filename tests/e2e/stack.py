@@ -20,6 +20,8 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Suffix for every compose project, image tag and network of this run, so that runs
 # from several checkouts on one Docker engine do not share (and break) each other's.
 RUN_ID = os.environ.get("GPUHUB_E2E_ID", "")
+# the dummy provider's shared password (it needs 16 characters or more)
+DUMMY_PASSWORD = "e2e-password-of-the-dummy-login"
 
 
 def compose_command():
@@ -109,8 +111,11 @@ class Stack:
             "GPUHUB_HTTP_PORT": str(free_port()),
             "GPUHUB_HTTPS_PORT": str(free_port()),
             "TLS_MODE": "selfsigned",
+            # single-origin unless a test asks for subdomains: the stand-in proxy does not
+            # route by host, and Python here does not resolve *.localhost (test_origin_browser.py)
+            "GPUHUB_USER_SUBDOMAINS": "false",
             "AUTH_PROVIDER": "dummy",
-            "GPUHUB_DUMMY_PASSWORD": "e2e-password",
+            "GPUHUB_DUMMY_PASSWORD": DUMMY_PASSWORD,
             "GPUHUB_USER_IMAGE": f"{name}/user:e2e",
             "GPUHUB_VERSION": "e2e",
             "GPUHUB_USER_NETWORK": f"{name}-users",
@@ -233,6 +238,15 @@ class Stack:
             f"start {user}: {r.status_code} {r.text}\nhub logs:\n{self.logs('hub')[-4000:]}"
         wait_for(lambda: self.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"),
                  timeout, f"{user}'s server to be ready")
+
+    def refused_start(self, user, course):
+        """Ask to start `user`'s server with `course` as the user's spawn form would; check
+        that it is refused with 403 and nothing starts; return the refusal's message."""
+        assert self.api("POST", f"/users/{user}").status_code in (201, 409)
+        r = self.api("POST", f"/users/{user}/server", json={"course": course})
+        assert r.status_code == 403, r.text
+        assert self.user_container(user) is None, f"{user}'s refused server started"
+        return r.json()["message"]
 
     def stop_server(self, user, timeout=120):
         r = self.api("DELETE", f"/users/{user}/server")
