@@ -13,7 +13,7 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, settings, startup
+from . import auth, origins, settings, startup
 from .gpu_api import GpuAllocationsHandler
 
 TRAEFIK_API_USER = "gpuhub"
@@ -42,6 +42,11 @@ def update_proxy(c, s, ready):
     c.TraefikFileProviderProxy.traefik_api_username = TRAEFIK_API_USER
     c.TraefikFileProviderProxy.traefik_api_password = ready.traefik_api_password
     c.TraefikFileProviderProxy.traefik_entrypoint = "https"
+
+
+def update_origins(c, s, ready):
+    # each user's server on its own origin, or all on the hub's (hub/origins.py)
+    origins.configure(c, s)
 
 
 def update_auth(c, s, ready):
@@ -106,7 +111,8 @@ def update_pages(c, s, ready):
                                   "gpuhub_dev_login": s.auth_provider == "dummy"}
 
 
-UPDATES = (update_hub, update_proxy, update_auth, update_spawner, update_services, update_pages)
+UPDATES = (update_hub, update_proxy, update_origins, update_auth, update_spawner, update_services,
+           update_pages)
 
 
 class StartupProblems(SystemExit):
