@@ -12,8 +12,8 @@ import sys
 import docker
 from traitlets.log import get_logger
 
-from . import auth, courses, gpus, tls
-from .gpu_api import GpuAllocationsHandler
+from . import auth, courses, gpu_queue_store, gpus, tls
+from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 from .settings import SettingsError, load
 
 TRAEFIK_API_USER = "gpuhub"
@@ -169,8 +169,12 @@ def apply(c, environ=None):
     c.JupyterHub.load_groups = {} if auth.manages_groups(s) else {group: {} for group in s.groups}
     c.GpuhubSpawner.catalog = catalog
     c.GpuhubSpawner.gpu_allocator = allocator
-    c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator}
-    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
+    # the line for GPUs (emptied at start-up) and the GPU-hours API
+    queue = gpu_queue_store.start_line(allocator, s, log)
+    c.GpuhubSpawner.gpu_queue = queue
+    c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator, "gpuhub_queue": queue}
+    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler),
+                                   (r"/api/gpus/usage", GpuUsageHandler)]
 
     c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name}
     return s

@@ -266,6 +266,9 @@ SETTINGS = (
     Setting("GPUHUB_GPU_MAX_USERS", text, "1", "With GPUHUB_GPU_MODE=shared: servers per GPU."),
     Setting("GPUHUB_GPU_GROUP_CAPS", text, "",
             "GPUs the members of a group may hold at once, e.g. cs101=4,research=8."),
+    Setting("GPUHUB_GPU_QUEUE_TIMEOUT", non_negative, "1800",
+            "Seconds a spawn may wait in line for a GPU when none is free (first come, first "
+            "served); 0: no line, refuse at once."),
     # -- wiring between containers (compose sets these; change only with it) --
     Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",
             "How user containers and the proxy reach the hub."),
