@@ -70,13 +70,13 @@ def line_status(line, inventory, policy, holders, group_held, free_times=None):
         full = next((g for g in sorted(place.groups) if g in caps and room[g] < place.wanted), "")
         key = (place.user, place.server_name)
         if full:
-            statuses[key] = Status(place, GROUP_CAP, _competing(statuses, place), full)
+            statuses[key] = Status(place, GROUP_CAP, _competing(statuses, full), full)
             continue
         state = READY if seats - reserved >= place.wanted else NO_GPU
         expected = None
         if state == NO_GPU and free_times is not None:
             expected = nth_free(free_times.values(), reserved + place.wanted - seats)
-        statuses[key] = Status(place, state, _competing(statuses, place), "", expected)
+        statuses[key] = Status(place, state, _competing(statuses), "", expected)
         reserved += place.wanted
         for group in place.groups:
             if group in room:
@@ -84,11 +84,12 @@ def line_status(line, inventory, policy, holders, group_held, free_times=None):
     return statuses
 
 
-def _competing(statuses, place):
-    """Waiters ahead of `place` that will be served before it: those not blocked by a cap
-    (a capped waiter reserves nothing), plus capped ones of its own blocking group."""
-    return sum(1 for s in statuses.values() if s.state != GROUP_CAP
-               or s.blocking_group in place.groups)
+def _competing(statuses, full=""):
+    """Waiters ahead that will be served first: for one a cap blocks (`full` is its
+    group), those ahead in that group; else those ahead that no cap blocks."""
+    if full:
+        return sum(1 for s in statuses.values() if full in s.place.groups)
+    return sum(1 for s in statuses.values() if s.state != GROUP_CAP)
 
 
 def nth_free(times, n):

@@ -14,6 +14,7 @@ this process (`notify`), and polling every `poll_interval` seconds as a fallback
 
 import asyncio
 import datetime
+from concurrent.futures import ThreadPoolExecutor
 import json
 import logging
 
@@ -55,6 +56,8 @@ class GpuQueue:
         self.poll_interval, self.stale_after = poll_interval, stale_after
         self.log = log
         self._wakers = set()
+        # the waiters' database calls; a few threads: every call is one short transaction
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpuhub-queue")
         with allocator.engine.begin() as conn:
             metadata.create_all(conn, checkfirst=True)
         self._set_length()
@@ -152,9 +155,6 @@ class GpuQueue:
         is then given up), else ([], its status). Refreshes the place's heartbeat."""
         self.heartbeat(user, server_name)
         status = self.statuses().get((user, server_name))
-        if status is None:  # dropped as abandoned: take a place again, at the end
-            self.join(user, server_name, wanted, groups, course)
-            status = self.statuses().get((user, server_name))
         if status is None or status.state != gpu_queue.READY:
             return [], status
         try:
@@ -180,28 +180,38 @@ async def wait_in_line(queue, user, server_name, wanted, groups=(), course="", o
                        before_take=None):
     """Wait in line until the server gets its GPUs; returns them. Raises
     gpu_queue.QueueTimeout after queue.timeout seconds. Cancelled (the spawn was
-    stopped), it gives up its place. `on_status(status)` is called whenever the place
-    changes; `before_take()` (blocking, e.g. a budget check) may raise to refuse."""
+    stopped), it gives up its place, and GPUs a look in flight took. `on_status(status)`
+    is called at every look; `before_take()` (blocking, e.g. a budget check) may raise."""
     loop = asyncio.get_running_loop()
     waker = (loop, asyncio.Event())
     queue._wakers.add(waker)
     started = loop.time()
     served = False
+    inflight = None
 
-    def run(f, *args, **kwargs):
-        return loop.run_in_executor(None, lambda: f(*args, **kwargs))
+    async def call(f, *args):
+        # our own executor's futures, not run_in_executor's: when the spawn is cancelled,
+        # the database call in its thread goes on, and giving up must wait for it
+        nonlocal inflight
+        inflight = queue.executor.submit(f, *args)
+        result = await asyncio.wrap_future(inflight)
+        inflight = None
+        return result
 
     try:
-        await run(queue.join, user, server_name, wanted, groups, course)
+        await call(queue.join, user, server_name, wanted, groups, course)
         while True:
             waker[1].clear()
             if before_take:
-                await run(before_take)
-            gpus, status = await run(queue.try_take, user, server_name, wanted, groups, course)
+                await call(before_take)
+            gpus, status = await call(queue.try_take, user, server_name, wanted, groups, course)
             if gpus:
                 served = True
                 return gpus
-            if on_status and status is not None:
+            if status is None:  # dropped as abandoned (a stalled hub): back in line, at the end
+                await call(queue.join, user, server_name, wanted, groups, course)
+                continue
+            if on_status:
                 on_status(status)  # every look: the minutes left change as time passes
             left = queue.timeout - (loop.time() - started)
             if left <= 0:
@@ -213,8 +223,21 @@ async def wait_in_line(queue, user, server_name, wanted, groups=(), course="", o
     finally:
         queue._wakers.discard(waker)
         if not served:
-            # shielded: a cancelled spawn must still give its place back
-            await asyncio.shield(run(queue.leave, user, server_name))
+            # shielded: a cancelled spawn must still give its place (and GPUs) back
+            await asyncio.shield(_give_up(queue, inflight, user, server_name))
+
+
+async def _give_up(queue, inflight, user, server_name):
+    loop = asyncio.get_running_loop()
+    if inflight is not None:
+        try:
+            result = await asyncio.wrap_future(inflight)
+        except BaseException:  # noqa: B036 (failed or never ran: it took nothing)
+            result = None
+        if isinstance(result, tuple) and result[0]:
+            await loop.run_in_executor(queue.executor, queue.allocator.release, user, server_name)
+            queue.notify()
+    await loop.run_in_executor(queue.executor, queue.leave, user, server_name)
 
 
 class Notice:
