@@ -43,9 +43,13 @@ class BudgetExceeded(GpuAllocationError):
         self.course, self.used_hours, self.budget_hours, self.resets = (
             course, used_hours, budget_hours, resets)
         super().__init__(
-            f"You have used {used_hours:.1f} of your {budget_hours:g} GPU-hours this week "
+            f"You have used {_hours(used_hours)} of your {budget_hours:g} GPU-hours this week "
             f"for {course}. The budget resets on {resets:%A %d %B %Y, %H:%M} UTC "
             f"({isoformat(resets)}).")
+
+
+def _hours(value):
+    return f"{value:.1f}" if value >= 0.1 else f"{value:.2g}"
 
 
 # -- periods --
