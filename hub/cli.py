@@ -17,6 +17,7 @@ import os
 import sys
 
 from . import gpu_hours, gpus
+from .gpu_queue_store import GpuQueue
 
 DEFAULT_STATE_DIR = "/srv/jupyterhub"
 
@@ -38,6 +39,13 @@ def show_gpus(report, out=None):
         name = f" {gpu['name']}" if gpu["name"] else ""
         gone = " (no longer in the inventory)" if not gpu["in_inventory"] else ""
         print(f"{gpu['index']:>3} {gpu['uuid']}{name}{gone}: {who}", file=out)
+    for place in report.get("queue", []):
+        why = (f"group {place['blocking_group']} is at its cap" if place["blocking_group"]
+               else f"{place['ahead']} ahead")
+        about = f", expected by {place['expected'][:16]}Z" if place["expected"] else ""
+        print(f"waiting {place['position']}: {place['user']}"
+              f"{'/' + place['server'] if place['server'] else ''} ({place['course']}, "
+              f"{place['wanted']} GPU) since {place['since'][:19]}Z, {why}{about}", file=out)
 
 
 def gpus_command(args, environ=None):
@@ -50,6 +58,7 @@ def gpus_command(args, environ=None):
     inventory = gpus.inventory_from_env(environ)
     allocator = gpus.GpuAllocator(db_url, inventory, gpus.policy_from_env(environ))
     report = allocator.report()
+    report["queue"] = GpuQueue(allocator, 0).report()  # the line in front of the GPUs
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -287,3 +287,18 @@ def test_six_processes_in_line_never_double_book_and_keep_the_order(tmp_path):
             if p.is_alive():
                 p.kill()
     assert events == order, "served in the order they joined, across processes"
+
+
+def test_admins_see_the_line_in_the_cli(tmp_path, capsys):
+    from hub import cli
+    q = make_queue(tmp_path, n=1, caps="cs101=1")
+    q.allocator.allocate("holder", "", 1, groups=["cs101"])
+    q.join("ada", "", 1, groups=["cs101"], course="dl")
+    q.join("bob", "lab", 1, course="vision")
+    environ = {"GPUHUB_GPUS": UUIDS[0], "GPUHUB_GPU_GROUP_CAPS": "cs101=1"}
+    assert cli.main(["gpus", "--db-url", f"sqlite:///{tmp_path}/hub.sqlite"], environ) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("waiting 1: ada (dl, 1 GPU) since 20")
+    assert lines[2].endswith("Z, group cs101 is at its cap")
+    assert lines[3].startswith("waiting 2: bob/lab (vision, 1 GPU) since 20")
+    assert lines[3].endswith("Z, 0 ahead"), "a capped waiter does not block bob"
