@@ -206,6 +206,13 @@ def test_admins_get_gpu_hours_from_the_api_cli_and_metrics(queue_stack):
     assert len(users) == 5 and users <= set(STUDENTS)
     code, out = s.container("hub").exec_run(["python", "-m", "hub.cli", "gpu-hours", "--by", "gpu"])
     assert code == 0 and all(uuid in out.decode() for uuid in GPUS), out.decode()
+    # a student's own token may read neither the line nor anybody's GPU-hours
+    r = s.api("POST", "/users/q2/tokens", json={"note": "a student's token"})
+    assert r.status_code in (200, 201), r.text
+    student = {"Authorization": f"token {r.json()['token']}"}
+    for path in ("/hub/api/gpus", "/hub/api/gpus/usage", "/hub/api/gpus/usage?by=user"):
+        r = requests.get(f"{s.hub_url}{path}", headers=student, timeout=30)
+        assert r.status_code == 403, (path, r.status_code, r.text)
     counters = metric(s, "gpuhub_gpu_seconds_total")
     assert counters['gpuhub_gpu_seconds_total{course="deep-learning"}'] > 0
     assert not any("user" in key for key in counters), "no per-user labels"
