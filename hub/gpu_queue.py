@@ -13,7 +13,7 @@ it keeps its place and is served first once its group has room again.
 import math
 from dataclasses import dataclass
 
-from .gpus import GpuAllocationError
+from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
 
 READY, NO_GPU, GROUP_CAP = "ready", "no_gpu", "group_cap"
 
@@ -82,6 +82,17 @@ def line_status(line, inventory, policy, holders, group_held, free_times=None):
             if group in room:
                 room[group] -= place.wanted
     return statuses
+
+
+def never_served(inventory, policy, wanted, groups=()):
+    """The refusal for a request no wait can satisfy (more GPUs than the hub has, or than
+    a group's cap), else None: such a spawn is refused at once, not put in line."""
+    if wanted > len(inventory):
+        return NoGpuAvailable(len(inventory), 0, wanted)
+    for group in sorted(set(groups) & set(policy.group_caps)):
+        if policy.group_caps[group] < wanted:
+            return GroupCapReached(group, policy.group_caps[group], 0, wanted)
+    return None
 
 
 def _competing(statuses, full=""):

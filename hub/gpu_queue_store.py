@@ -71,7 +71,12 @@ class GpuQueue:
 
     # -- places --
     def join(self, user, server_name, wanted, groups=(), course=""):
-        """Take a place at the end of the line, or keep the one the server has."""
+        """Take a place at the end of the line, or keep the one the server has. Raises
+        NoGpuAvailable or GroupCapReached for a request no wait can satisfy."""
+        refusal = gpu_queue.never_served(self.allocator.inventory, self.allocator.policy,
+                                         wanted, groups)
+        if refusal is not None:
+            raise refusal
         now = self.clock()
         try:
             with self.allocator.engine.begin() as conn:

@@ -142,6 +142,15 @@ def test_one_place_per_server_and_served_in_order(tmp_path):
     assert q.line() == [] and REGISTRY.get_sample_value("gpuhub_gpu_queue_length") == 0
 
 
+def test_what_no_wait_can_give_is_refused_at_once(tmp_path):
+    q = make_queue(tmp_path, n=2, caps="cs101=1")
+    with pytest.raises(gpus.NoGpuAvailable, match="This hub has only 2 GPUs; 3 requested"):
+        q.join("ada", "", 3)
+    with pytest.raises(gpus.GroupCapReached, match="'cs101' may hold 1 GPU at once"):
+        q.join("ada", "", 2, groups=["cs101"])
+    assert q.line() == []
+
+
 def test_abandoned_places_expire_and_a_restart_drops_the_line(tmp_path):
     clock = Clock()
     q = make_queue(tmp_path, n=1, clock=clock, stale_after=120)
