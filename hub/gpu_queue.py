@@ -25,7 +25,7 @@ class QueueTimeout(GpuAllocationError):
         self.waited, self.status = waited, status
         where = ""
         if status and status.state != READY:
-            where = f" (at the end you had {_ahead_text(status.ahead)})"
+            where = f" (you were at place {status.position} in line)"
         super().__init__(f"No GPU became free for you within {_duration(waited)}{where}. "
                          "Please try again later.")
 
@@ -127,7 +127,9 @@ def waiting_message(status, now, cpu_hint=""):
 
 
 def _ahead_text(ahead):
-    return "you are next in line" if ahead == 0 else f"{ahead} ahead of you"
+    if ahead == 0:
+        return "you are first in line"
+    return f"place {ahead + 1} in line, {ahead} ahead of you"
 
 
 def _duration(seconds):

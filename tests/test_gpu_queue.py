@@ -106,11 +106,11 @@ def test_estimate_from_maximum_age_and_idle_timers():
     assert statuses[("cy", "")].expected == T0 + datetime.timedelta(hours=1)
     assert statuses[("dan", "")].expected == T0 + datetime.timedelta(minutes=90)
     assert gpu_queue.waiting_message(statuses[("dan", "")], now) == \
-        "Waiting for a GPU: 1 ahead of you, about 50 minutes."
+        "Waiting for a GPU: place 2 in line, 1 ahead of you, about 50 minutes."
     assert gpu_queue.waiting_message(statuses[("cy", "")], now) == \
-        "Waiting for a GPU: you are next in line, about 20 minutes."
+        "Waiting for a GPU: you are first in line, about 20 minutes."
     blind = line_status(line, inventory(2), gpus.Policy(), {UUIDS[0]: 1, UUIDS[1]: 1}, {}, unknown)
-    assert gpu_queue.waiting_message(blind[("dan", "")], now) == "Waiting for a GPU: 1 ahead of you."
+    assert gpu_queue.waiting_message(blind[("dan", "")], now) == "Waiting for a GPU: place 2 in line, 1 ahead of you."
 
 
 # -- the line in the database --

@@ -118,7 +118,7 @@ def test_eight_students_at_once_four_get_gpus_four_wait_in_line(queue_stack):
     for u, e in events.items():
         ahead = positions[u] - 1
         assert e["message"].startswith("Waiting for a GPU: "), e
-        assert (f"{ahead} ahead of you" if ahead else "you are next in line") in e["message"], e
+        assert (f"{ahead} ahead of you" if ahead else "you are first in line") in e["message"], e
         assert "without a GPU" in e["html_message"], "the course allows the CPU variant"
     # admins see the same line
     assert line(s) == sorted(positions.items(), key=lambda item: item[1])
