@@ -173,9 +173,10 @@ async def test_waiting_is_woken_by_a_release_cancelled_leaves_and_times_out(tmp_
     q.allocator.allocate("holder", "", 1)
     seen = []
     first = asyncio.ensure_future(gpu_queue_store.wait_in_line(q, "ada", "", 1, on_status=seen.append))
+    await async_wait_for(lambda: seen, "ada's first look at the line")
+    assert seen[-1].position == 1 and seen[-1].state == gpu_queue.NO_GPU
     second = asyncio.ensure_future(gpu_queue_store.wait_in_line(q, "bob", "", 1))
-    await async_wait_for(lambda: len(q.line()) == 2, "both in line")
-    assert seen and seen[-1].position == 1
+    await async_wait_for(lambda: len(q.line()) == 2, "bob in line too")
     # the poll is 60 s: only the wake-up can serve ada within the wait below
     q.allocator.release("holder", "")
     q.notify()

@@ -5,6 +5,7 @@ machine without GPUs), 4 fake GPU UUIDs, and students who start at once.
 What students see comes from JupyterHub's own progress event stream
 (GET /hub/api/users/NAME/server/progress), the one the spawn-pending page reads."""
 
+import datetime
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.e2e
 
 GPUS = [f"GPU-00000000-0000-4000-8000-0000000000a{i}" for i in range(1, 5)]
 STUDENTS = [f"q{i}" for i in range(1, 9)]
+START_TIMEOUT = 60  # JupyterHub's start_timeout; the first in line waits longer than this
 BUDGET_HOURS = 0.001  # 3.6 GPU-seconds a week: used up by one short session
 
 
@@ -31,7 +33,12 @@ def queue_stack(tmp_path_factory, docker_client, standin_bases):
         "GPUHUB_GPU_MODE": "exclusive",
         "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
         "GPUHUB_GPU_QUEUE_TIMEOUT": "900",
+        "GPUHUB_START_TIMEOUT": str(START_TIMEOUT),
     })
+    (s.dir / "jupyterhub_config.d" / "92-e2e-tokens.py").write_text(
+        "# written by tests/e2e/test_gpu_queue_e2e.py: the test's service may make a student's token\n"
+        "c.JupyterHub.load_roles.append({'name': 'e2e-tokens', 'services': ['e2e'], "
+        "'scopes': ['tokens']})\n")
     image = s.env["GPUHUB_USER_IMAGE"]
     (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
         {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
@@ -127,9 +134,19 @@ def test_eight_students_at_once_four_get_gpus_four_wait_in_line(queue_stack):
     assert sorted(assert_no_double_booking(s)) == sorted(GPUS)
 
 
+def waited(stack, user):
+    """Seconds since JupyterHub began the user's spawn (its `started`)."""
+    started = datetime.datetime.fromisoformat(server(stack, user)["started"].replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+
+
 def test_a_stopped_server_hands_its_gpu_to_the_first_in_line(queue_stack):
     s = queue_stack
     first, second = [u for u, _ in line(s)[:2]]
+    # start_timeout does not cut a queued spawn short: the wait is before Spawner.start
+    wait_for(lambda: waited(s, first) > START_TIMEOUT + 5, START_TIMEOUT + 60,
+             f"{first} to wait in line longer than start_timeout")
+    assert server(s, first).get("pending") == "spawn", f"{first} still waits"
     holder = next(u for u in STUDENTS if server(s, u).get("ready"))
     freed = device_ids(s.user_container(holder))[0]
     s.stop_server(holder)
