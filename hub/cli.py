@@ -4,8 +4,11 @@
     docker compose exec hub python -m hub.cli gpu-hours [--since 7d] [--until DATE]
         [--by user|course|group|gpu] [--format table|csv|json] [--db-url URL]
 
-Reads GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS as the
-hub does, and the hub's database from GPUHUB_STATE_DIR (default /srv/jupyterhub).
+Reads GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS through
+hub.settings, as the hub does (and completes the inventory from NVML the same way,
+gpus.inventory), and the hub's database from GPUHUB_STATE_DIR. Only these settings are
+read (`settings.load(only=...)`): a mistake in another one, such as a login setting,
+does not keep an admin from looking at the GPUs.
 """
 
 import argparse
@@ -16,16 +19,13 @@ import logging
 import os
 import sys
 
-from . import gpu_hours, gpus
+from . import gpu_hours, gpus, settings
 from .gpu_queue_store import GpuQueue
+from .gpu_store import GpuAllocator
 
-DEFAULT_STATE_DIR = "/srv/jupyterhub"
-
-
-def default_db_url(environ=None):
-    environ = os.environ if environ is None else environ
-    state_dir = environ.get("GPUHUB_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
-    return f"sqlite:///{state_dir}/jupyterhub.sqlite"
+# the settings the `gpus` command reads; the others are neither read nor required
+GPU_SETTINGS = ("GPUHUB_GPUS", "GPUHUB_GPU_MODE", "GPUHUB_GPU_MAX_USERS",
+                "GPUHUB_GPU_GROUP_CAPS", "GPUHUB_STATE_DIR")
 
 
 def show_gpus(report, out=None):
@@ -49,14 +49,14 @@ def show_gpus(report, out=None):
 
 
 def gpus_command(args, environ=None):
-    db_url = args.db_url or default_db_url(environ)
+    s = settings.load(environ, only=GPU_SETTINGS)
+    db_url = args.db_url or s.db_url
     path = db_url.removeprefix("sqlite:///")
     if db_url.startswith("sqlite:///") and not os.path.exists(path):
         # do not leave an empty database where the hub's should be
         raise SystemExit(f"no hub database at {path}: is this the hub container? "
                          "(or pass --db-url)")
-    inventory = gpus.inventory_from_env(environ)
-    allocator = gpus.GpuAllocator(db_url, inventory, gpus.policy_from_env(environ))
+    allocator = GpuAllocator(db_url, gpus.inventory(s.gpus), s.gpu_policy)
     report = allocator.report()
     report["queue"] = GpuQueue(allocator, 0).report()  # the line in front of the GPUs
     if args.json:
@@ -67,7 +67,7 @@ def gpus_command(args, environ=None):
 
 
 def existing_db_url(args, environ):
-    db_url = args.db_url or default_db_url(environ)
+    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR",)).db_url
     path = db_url.removeprefix("sqlite:///")
     if db_url.startswith("sqlite:///") and not os.path.exists(path):
         raise SystemExit(f"no hub database at {path}: is this the hub container? "
@@ -142,6 +142,8 @@ def main(argv=None, environ=None):
         if args.command == "gpu-hours":
             return gpu_hours_command(args, environ)
         return gpus_command(args, environ)
+    except settings.SettingsError as e:
+        parser.exit(2, "".join(f"{p}\n" for p in e.problems))
     except (gpus.GpuConfigError, ValueError) as e:
         parser.exit(2, f"{e}\n")
 

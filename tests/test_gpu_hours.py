@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hub import cli, gpu_hours, gpus
+from hub.gpu_store import GpuAllocator
 from tests.test_gpu_queue import Clock
 from tests.test_gpus import UUIDS
 
@@ -19,9 +20,9 @@ MONDAY = datetime.datetime(2026, 11, 30, 0, 0, tzinfo=UTC)  # a Monday
 
 
 def make(tmp_path, clock, n=4, name="jupyterhub.sqlite"):
-    return gpus.GpuAllocator(f"sqlite:///{tmp_path / name}",
+    return GpuAllocator(f"sqlite:///{tmp_path / name}",
                              gpus.parse_inventory(",".join(UUIDS[:n]), "test"),
-                             gpus.parse_policy("exclusive", "1"), clock=clock)
+                             gpus.Policy(), clock=clock)
 
 
 def at(day, hour, minute=0):

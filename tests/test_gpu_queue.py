@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from hub import gpu_queue, gpu_queue_store, gpus
+from hub.gpu_store import GpuAllocator
 from hub.gpu_queue import GROUP_CAP, NO_GPU, READY, Place, line_status
 from tests.e2e.stack import wait_for
 from tests.test_gpus import UUIDS
@@ -74,7 +75,7 @@ def test_a_waiter_blocked_by_its_group_cap_does_not_block_others():
 
 
 def test_shared_gpus_count_seats():
-    policy = gpus.parse_policy("shared", "2")
+    policy = gpus.Policy("shared", 2)
     line = [place(1, "ada"), place(2, "bob"), place(3, "cy")]
     statuses = line_status(line, inventory(2), policy, {UUIDS[0]: 2, UUIDS[1]: 0}, {})
     assert states(statuses) == {"ada": (READY, 1), "bob": (READY, 2), "cy": (NO_GPU, 3)}
@@ -115,8 +116,8 @@ def test_estimate_from_maximum_age_and_idle_timers():
 
 # -- the line in the database --
 def make_queue(tmp_path, n=2, caps="", clock=None, timeout=60, name="hub.sqlite", **kwargs):
-    allocator = gpus.GpuAllocator(f"sqlite:///{tmp_path / name}", inventory(n),
-                                  gpus.parse_policy("exclusive", "1", caps), clock=clock)
+    allocator = GpuAllocator(f"sqlite:///{tmp_path / name}", inventory(n),
+                                  gpus.Policy(group_caps=gpus.parse_group_caps(caps)), clock=clock)
     return gpu_queue_store.GpuQueue(allocator, timeout, **kwargs)
 
 
@@ -249,7 +250,7 @@ def check_no_double_booking(q):
 
 def process_waiter(db_url, user, barrier, results):
     # one hub process among several: its own allocator, engine and line
-    allocator = gpus.GpuAllocator(db_url, inventory(2), gpus.Policy())
+    allocator = GpuAllocator(db_url, inventory(2), gpus.Policy())
     q = gpu_queue_store.GpuQueue(allocator, 120)
     barrier.wait(timeout=60)
     q.join(user, "", 1)
