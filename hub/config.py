@@ -14,7 +14,7 @@ import sys
 from traitlets.log import get_logger
 
 from . import auth, origins, settings, startup
-from .gpu_api import GpuAllocationsHandler
+from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 
 TRAEFIK_API_USER = "gpuhub"
 
@@ -85,6 +85,7 @@ def update_spawner(c, s, ready):
     c.Spawner.default_url = "/lab"
     c.GpuhubSpawner.catalog = ready.catalog
     c.GpuhubSpawner.gpu_allocator = ready.allocator
+    c.GpuhubSpawner.gpu_queue = ready.queue
 
 
 def update_services(c, s, ready):
@@ -101,9 +102,12 @@ def update_services(c, s, ready):
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             "services": ["idle-culler"],
         }]
-    # GET /hub/api/gpus, served inside the hub so that it reads the spawner's allocator
-    c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator}
-    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
+    # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so
+    # that they read the spawner's allocator and line
+    c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator,
+                                     "gpuhub_queue": ready.queue}
+    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler),
+                                   (r"/api/gpus/usage", GpuUsageHandler)]
 
 
 def update_pages(c, s, ready):

@@ -331,6 +331,9 @@ SETTINGS = (
             empty_is_default=True),
     Setting("GPUHUB_GPU_GROUP_CAPS", group_caps, "",
             "GPUs the members of a group may hold at once, e.g. cs101=4,research=8."),
+    Setting("GPUHUB_GPU_QUEUE_TIMEOUT", non_negative, "1800",
+            "Seconds a spawn may wait in line for a GPU when none is free (first come, first "
+            "served); 0: no line, refuse at once."),
     # -- wiring between containers: compose sets the URLs and mounts the paths; the
     # defaults are what docker-compose.yml does, so change them only together with it --
     Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",
