@@ -6,11 +6,12 @@ loss there, and read which GPU the server holds. TensorBoard is the student's ow
 another student's token is refused, and no other port or host is proxied.
 
 What differs from production is what tests/e2e/test_browser_login.py says (its fixtures
-and helpers are reused here), plus: no GPU. The inventory is two fake UUIDs; the names
-and memory sizes NVML would report are injected into the hub's inventory by a file in
-jupyterhub_config.d/ ("Fake GPU ... (test inventory)"); Docker accepts the GPU device
-request through the machine's no-op nvidia hook; TensorFlow trains on the CPU and the
-GPU panels have no device to show.
+and helpers are reused here), plus: no GPU. The hub discovers its inventory through NVML
+as it does on a GPU host (GPUHUB_GPUS empty), but NVML is a fake `pynvml` module the test
+puts first on the hub's PYTHONPATH (a compose override of its own), reporting two GPUs
+with fake UUIDs, names ("Fake GPU ... (test inventory)") and 16 GiB each; Docker accepts
+the GPU device request through the machine's no-op nvidia hook; TensorFlow trains on
+the CPU and the GPU panels have no device to show.
 """
 
 import json
@@ -24,7 +25,7 @@ import requests
 import yaml
 
 from .stack import Stack, free_port, image_exists, traefik_image, wait_for
-from .test_browser_login import (CHP_CONFIG, SCREENSHOTS, OidcProvider, Student, browser,  # noqa: F401
+from .test_browser_login import (CHP_CONFIG, LAB_NAME, SCREENSHOTS, OidcProvider, Student, browser,  # noqa: F401
                                  dismiss_news_toast, free_users_subnet, install_provider,
                                  sign_in_through_sso)
 
@@ -33,14 +34,26 @@ pytestmark = pytest.mark.e2e
 GPUS = ["GPU-00000000-0000-4000-8000-0000000000a1", "GPU-00000000-0000-4000-8000-0000000000a2"]
 FAKE_NAME = "Fake GPU {} (test inventory)"
 FAKE_MEMORY_MIB = 16384
-FAKE_NAMES = """\
-# written by the workbench browser test: the names and memory NVML would report for the
-# fake inventory (there is no GPU on the test machine)
-from dataclasses import replace as _replace
-_allocator = c.GpuhubSpawner.gpu_allocator
-_allocator.inventory = [_replace(g, name={name!r}.format(i), memory_mib={memory})
-                        for i, g in enumerate(_allocator.inventory)]
-_allocator._by_uuid = {{g.uuid: g for g in _allocator.inventory}}
+FAKE_NVML = """\
+# written by the workbench browser test: what NVML would say on a host with two GPUs
+from types import SimpleNamespace
+UUIDS = {uuids!r}
+def nvmlInit(): pass
+def nvmlShutdown(): pass
+def nvmlDeviceGetCount(): return len(UUIDS)
+def nvmlDeviceGetHandleByIndex(i): return i
+def nvmlDeviceGetUUID(i): return UUIDS[i]
+def nvmlDeviceGetName(i): return {name!r}.format(i)
+def nvmlDeviceGetMemoryInfo(i): return SimpleNamespace(total={memory} * 2**20, used=0, free={memory} * 2**20)
+"""
+FAKE_NVML_COMPOSE = """\
+# written by the workbench browser test: the hub imports the fake pynvml first
+services:
+  hub:
+    environment:
+      PYTHONPATH: /srv/fake-nvml:/srv/gpuhub
+    volumes:
+      - ./fake-nvml:/srv/fake-nvml:ro
 """
 TRAIN = """\
 import numpy as np
@@ -67,8 +80,9 @@ def workbench_stack(tmp_path_factory, docker_client, standin_bases):
     env = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": provider.issuer,
            "OAUTH_CLIENT_ID": provider.client_id, "OAUTH_CLIENT_SECRET": provider.client_secret,
            "OIDC_SCOPES": "openid profile groups", "GPUHUB_ALLOWED_GROUPS": "cs101",
-           "GPUHUB_E2E_USERS_SUBNET": str(subnet), "GPUHUB_VERSION": "workbench",
-           "GPUHUB_GPUS": ",".join(GPUS), "GPUHUB_GPU_MODE": "exclusive",
+           "GPUHUB_LAB_NAME": LAB_NAME, "GPUHUB_E2E_USERS_SUBNET": str(subnet),
+           "GPUHUB_VERSION": "workbench",
+           "GPUHUB_GPUS": "", "GPUHUB_GPU_MODE": "exclusive",
            "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml"}
     if not real_traefik:
         chp_port = free_port()
@@ -81,8 +95,17 @@ def workbench_stack(tmp_path_factory, docker_client, standin_bases):
         {"slug": "deep-learning", "display_name": "Deep learning", "default": True,
          "description": "TensorFlow 2.9 with one GPU", "image": stack.env["GPUHUB_USER_IMAGE"],
          "gpus": 1}]}))
-    (stack.dir / "jupyterhub_config.d" / "92-e2e-fake-gpu-names.py").write_text(
-        FAKE_NAMES.format(name=FAKE_NAME, memory=FAKE_MEMORY_MIB))
+    tokens_token = secrets.token_hex(16)
+    (stack.dir / "jupyterhub_config.d" / "91-e2e-tokens.py").write_text(
+        "# written by the workbench browser test: a token that may issue student2's tokens\n"
+        f"c.JupyterHub.services.append({{'name': 'e2e-tokens', 'api_token': {tokens_token!r}}})\n"
+        "c.JupyterHub.load_roles.append({'name': 'e2e-tokens', 'services': ['e2e-tokens'], "
+        "'scopes': ['tokens!user=student2']})\n")
+    (stack.dir / "fake-nvml").mkdir()
+    (stack.dir / "fake-nvml" / "pynvml.py").write_text(
+        FAKE_NVML.format(uuids=GPUS, name=FAKE_NAME, memory=FAKE_MEMORY_MIB))
+    (stack.dir / "compose.fake-nvml.yml").write_text(FAKE_NVML_COMPOSE)
+    stack.files += ["-f", "compose.fake-nvml.yml"]
     if real_traefik:
         public_url = stack.hub_url
     else:
@@ -101,7 +124,7 @@ def workbench_stack(tmp_path_factory, docker_client, standin_bases):
         stack.compose("up", "-d")
         stack.wait_healthy()
         yield SimpleNamespace(stack=stack, url=public_url, provider=provider,
-                              auth_state_token=None)
+                              auth_state_token=None, tokens_token=tokens_token)
     finally:
         provider.stop()
         stack.down()
@@ -128,10 +151,11 @@ def write_notebook(container, path, source):
 
 def open_launcher_card(student, title):
     """Click a launcher card; jupyter-server-proxy opens it in a new tab."""
-    page = student.page
-    page.locator(".jp-LauncherCard", has_text=title).first.wait_for(timeout=60_000)
+    card = student.page.locator(".jp-LauncherCard", has_text=title).first
+    card.wait_for(timeout=60_000)
+    card.scroll_into_view_if_needed()
     with student.context.expect_page(timeout=60_000) as opened:
-        page.locator(".jp-LauncherCard", has_text=title).first.click()
+        card.click()
     return opened.value
 
 
@@ -173,9 +197,8 @@ def test_student_trains_a_model_and_watches_it_in_tensorboard(student):
         student.shot("11-training")
 
         # TensorBoard from the launcher, on the student's log folder: the loss is there
-        page.locator(".lm-TabBar-tab", has_text="Launcher").first.click() \
-            if page.locator(".lm-TabBar-tab", has_text="Launcher").count() else \
-            page.keyboard.press("Control+Shift+L")
+        page.locator(".lm-MenuBar-itemLabel", has_text="File").click()
+        page.locator(".lm-Menu-itemLabel", has_text="New Launcher").click()
         board = open_launcher_card(student, "TensorBoard")
         board.wait_for_url("**/user/student1/tensorboard/**", timeout=120_000)
         board.get_by_text("epoch_loss").first.wait_for(timeout=180_000)
@@ -209,7 +232,9 @@ def test_another_student_cannot_open_someone_elses_tensorboard(workbench_stack):
     if "" not in stack.api("GET", "/users/student1").json().get("servers", {}):
         pytest.skip("student1's server is not running (the browser test above failed)")
     assert stack.api("POST", "/users/student2").status_code in (201, 409)
-    r = stack.api("POST", "/users/student2/tokens", json={"note": "e2e"})
+    r = requests.post(f"{stack.hub_url}/hub/api/users/student2/tokens", json={"note": "e2e"},
+                      headers={"Authorization": f"token {workbench_stack.tokens_token}"},
+                      timeout=30)
     assert r.status_code in (200, 201), r.text
     token = r.json()["token"]
     for path in ("tensorboard/", "tensorboard/data/runs", "gpu/", "proxy/8888/api/status"):
