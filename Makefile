@@ -30,6 +30,7 @@ $(UV):
 # Python 3.11/3.12 for the hub (universal), 3.8 on Linux x86-64 for the user image.
 lock: $(UV)
 	cd hub && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
+	cd guard && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests && ../$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests/images/tensorflow-2.9-gpu && ../../../$(UV) pip compile requirements-standin.in --python-version 3.11 --python-platform x86_64-manylinux_2_17 --generate-hashes --custom-compile-command "make lock" -q -o requirements-standin.txt
 

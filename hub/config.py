@@ -12,7 +12,7 @@ import sys
 import docker
 from traitlets.log import get_logger
 
-from . import auth, courses, gpus, tls
+from . import auth, courses, gpus, state_dirs, tls
 from .gpu_api import GpuAllocationsHandler
 from .settings import SettingsError, load
 
@@ -88,9 +88,11 @@ def apply(c, environ=None):
     log = get_logger()
     try:
         s = load(environ)
+        state_dirs.check_writable([s.state_dir, os.path.dirname(s.routes_file), s.tls_dir])
         certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
         catalog, allocator = courses_and_gpus(s, log)
-    except (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError) as e:
+    except (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError,
+            state_dirs.StateDirError) as e:
         # A clear message and a clean exit beat a traceback from deep inside traitlets.
         print(f"\n{e}\n", file=sys.stderr)
         sys.exit(1)
@@ -139,7 +141,8 @@ def apply(c, environ=None):
         "init": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
-        "pids_limit": 4096,
+        "pids_limit": s.pids_limit,
+        **({"storage_opt": {"size": s.disk_limit}} if s.disk_limit else {}),
         **({"shm_size": s.shm_size} if s.shm_size else {}),
     }
     c.DockerSpawner.mem_limit = s.mem_limit
