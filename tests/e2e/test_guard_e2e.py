@@ -212,3 +212,35 @@ def test_a_user_server_runs_and_streams_logs_through_the_guard(stack):
     finally:
         stack.stop_server(user)
     wait_for(lambda: stack.user_container(user) is None, 60, "the container to be removed")
+
+
+def test_root_owned_volumes_from_an_older_hub_are_named_at_start_and_the_documented_fix_works(stack):
+    """An upgrade: the hub's volumes were made by a hub that ran as root. The new hub
+    stops naming them and the command; that command (docs/admin.md) makes them usable."""
+    import subprocess
+    image = f"gpuhub/hub:{stack.env['GPUHUB_VERSION']}"
+    volume = f"{stack.project}-oldstate"
+    client = stack.client
+    client.volumes.create(volume)
+    try:
+        # what an old, root-run hub left behind
+        client.containers.run(image, ["sh", "-c", "chown 0:0 /srv/jupyterhub && chmod 755 "
+                              "/srv/jupyterhub && touch /srv/jupyterhub/jupyterhub.sqlite"],
+                              user="0", remove=True, volumes={volume: {"bind": "/srv/jupyterhub"}})
+        run = ["docker", "run", "--rm", "-v", f"{volume}:/srv/jupyterhub",
+               "-e", "GPUHUB_DOMAIN=hub.example.org", "-e", "AUTH_PROVIDER=dummy",
+               "-e", "GPUHUB_USER_IMAGE=gpuhub/user:x", "--network", "none"]
+        result = subprocess.run(run + [image], capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        assert "cannot write to /srv/jupyterhub (owned by uid 0)" in result.stderr, result.stderr
+        assert "docker run --rm --user 0 --entrypoint chown" in result.stderr, result.stderr
+        # the documented one-off command, with this volume's name
+        fix = ["docker", "run", "--rm", "--user", "0", "--entrypoint", "chown",
+               "-v", f"{volume}:/srv/jupyterhub", image, "-R", "10001:10001", "/srv/jupyterhub"]
+        subprocess.run(fix, check=True, capture_output=True, timeout=120)
+        check = subprocess.run(run + [image, "python3", "-c", "from hub import state_dirs; "
+                               "state_dirs.check_writable(['/srv/jupyterhub']); print('ok')"],
+                               capture_output=True, text=True, timeout=120)
+        assert check.stdout.strip() == "ok", check.stderr
+    finally:
+        client.volumes.get(volume).remove(force=True)
