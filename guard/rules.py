@@ -77,11 +77,12 @@ def is_joining_service(container, policy):
             and labels.get(COMPOSE_SERVICE) in policy.joining_services)
 
 
-async def user_container(ref, policy, lookup):
+async def user_container(ref, policy, lookup, joining_too=False):
     container = await lookup.container(ref)
     if container is None:
         raise Refusal("no-such-container", f"No such container: {ref}", 404)
-    if not is_user_container(container, policy):
+    if not (is_user_container(container, policy)
+            or (joining_too and is_joining_service(container, policy))):
         raise Refusal("gpuhub-containers-only", f"the container {ref!r} is not a gpuhub "
                                                 "user container")
     return container["Id"]
@@ -109,11 +110,17 @@ def _no_body(request):
                                  "HostConfig here)")
 
 
-async def on_user_container(match, request, policy, lookup):
+async def on_user_container(match, request, policy, lookup, joining_too=False):
     _no_body(request)
-    container_id = await user_container(match["id"], policy, lookup)
+    container_id = await user_container(match["id"], policy, lookup, joining_too)
     start, end = match.span("id")
     return match.string[:start] + container_id + match.string[end:], None
+
+
+async def inspect_container(match, request, policy, lookup):
+    """User containers, and the hub's, proxy's and egress proxy's: the hub finds itself
+    and its peers to join them to students' networks (hub/networks.py)."""
+    return await on_user_container(match, request, policy, lookup, joining_too=True)
 
 
 async def create_container(match, request, policy, lookup):
@@ -134,8 +141,10 @@ async def list_containers(match, request, policy, lookup):
 
     def ours(item):
         labels = item.get("Labels") or {}
-        return (any(n.startswith(prefix) for n in item.get("Names") or [])
-                and USER_LABEL in labels and COMPOSE_PROJECT not in labels)
+        user = (any(n.startswith(prefix) for n in item.get("Names") or [])
+                and USER_LABEL in labels and SERVER_LABEL in labels
+                and COMPOSE_PROJECT not in labels)
+        return user or is_joining_service({"Config": {"Labels": labels}}, policy)
     return None, _keep(ours)
 
 
@@ -187,7 +196,8 @@ async def list_volumes(match, request, policy, lookup):
     return None, answer_filter
 
 
-NETWORK_OPTIONS = ("com.docker.network.bridge.enable_icc",
+NETWORK_OPTIONS = ("com.docker.network.bridge.inhibit_ipv4",
+                   "com.docker.network.bridge.enable_icc",
                    "com.docker.network.bridge.enable_ip_masquerade",
                    "com.docker.network.driver.mtu")
 
@@ -259,7 +269,7 @@ ALLOWED = (
     Row("containers-list", ("GET",), r"/containers/json", LIST, list_containers),
     Row("container-create", ("POST",), r"/containers/create", ("name", "platform"),
         create_container),
-    Row("container-inspect", ("GET",), CONTAINER + r"/json", ("size",), on_user_container),
+    Row("container-inspect", ("GET",), CONTAINER + r"/json", ("size",), inspect_container),
     Row("container-start", ("POST",), CONTAINER + r"/start", ("detachKeys",), on_user_container),
     Row("container-stop", ("POST",), CONTAINER + r"/stop", ("t", "signal"), on_user_container),
     Row("container-kill", ("POST",), CONTAINER + r"/kill", ("signal",), on_user_container),

@@ -72,7 +72,9 @@ async def handle(request):
         log.exception("error checking %s %s", request.method, request.path)
         return web.json_response({"message": "the guard could not check this call "
                                               "(rule: guard-error)"}, status=500)
-    log.info("allowed %s %s (rule: %s)", request.method, decision.path, decision.rule)
+    # what changes something at INFO; the hub's frequent polls (GET) at DEBUG
+    log.log(logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO,
+            "allowed %s %s (rule: %s)", request.method, decision.path, decision.rule)
     return await forward(request, decision, body)
 
 

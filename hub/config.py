@@ -71,6 +71,9 @@ def courses_and_gpus(s, log):
             "GPUHUB_GPUS (nvidia-smi -L) or let the hub see them through NVML")
     if not inventory:
         return catalog, None
+    if not s.gpus:
+        log.warning("GPUs found through NVML: list them in GPUHUB_GPUS too, the Docker API "
+                    "guard allows only GPUs listed there (guard/README.md)")
     for gpu in inventory:
         log.info("GPU %s: %s %s %s", gpu.index, gpu.uuid, gpu.name,
                  f"{gpu.memory_mib} MiB" if gpu.memory_mib else "")

@@ -109,7 +109,17 @@ async def test_containers_list_shows_only_user_containers():
     answer = [{"Names": ["/gpuhub-alice"], "Labels": USER["Config"]["Labels"]},
               {"Names": ["/gpuhub_proxy_1"], "Labels": PROXY["Config"]["Labels"]},
               {"Names": ["/gpuhub-x"], "Labels": FAKE_USER["Config"]["Labels"]}]
-    assert json.loads(d.filter(json.dumps(answer).encode())) == answer[:1]
+    answer.append({"Names": ["/gpuhub_guard_1"], "Labels": GUARD["Config"]["Labels"]})
+    answer.append({"Names": ["/other_proxy_1"], "Labels": OTHER_PROJECT_PROXY["Config"]["Labels"]})
+    # user containers, and the hub's peers of the guard's own project (hub/networks.py)
+    assert json.loads(d.filter(json.dumps(answer).encode())) == answer[:2]
+
+
+async def test_the_hub_may_inspect_itself_and_its_peers_only():
+    for peer in ("gpuhub_hub_1", "gpuhub_proxy_1"):
+        assert (await decide(call("GET", f"/containers/{peer}/json"))).rule == "container-inspect"
+    for other in ("gpuhub_guard_1", "other_proxy_1", "gpuhub-x"):
+        await refused(call("GET", f"/containers/{other}/json"), "gpuhub-containers-only")
 
 
 async def test_container_create_as_the_hub_sends_it():
@@ -126,7 +136,10 @@ async def test_calls_on_a_user_container_reach_it_by_id(rule, method, suffix):
     d = await decide(call(method, f"/v1.41/containers/gpuhub-alice{suffix}"))
     assert d.rule == rule and d.path == f"/v1.41/containers/{USER['Id']}{suffix}"
     # the proxy, the guard, the hub and compose-made look-alikes are out of reach
-    for other in ("gpuhub_proxy_1", "gpuhub_guard_1", "gpuhub_hub_1", "gpuhub-x"):
+    # (inspect only: the hub's peers, see the next test)
+    others = ("gpuhub_guard_1", "gpuhub-x") if rule == "container-inspect" else (
+        "gpuhub_proxy_1", "gpuhub_guard_1", "gpuhub_hub_1", "gpuhub-x")
+    for other in others:
         await refused(call(method, f"/containers/{other}{suffix}"), "gpuhub-containers-only")
     await refused(call(method, f"/containers/nobody{suffix}"), "no-such-container", 404)
 
@@ -158,6 +171,14 @@ async def test_volumes():
 async def test_networks():
     body = json.dumps({"Name": "gpuhub-bob", "Driver": "bridge", "Internal": False}).encode()
     assert (await decide(call("POST", "/networks/create", body=body))).rule == "network-create"
+    # as hub/networks.py makes a server's network (docker-py's serialisation)
+    api_body = {"Name": "gpuhub-bob", "Driver": "bridge", "Internal": True, "CheckDuplicate": True,
+                "Options": {"com.docker.network.bridge.inhibit_ipv4": "true"},
+                "IPAM": dict(docker.types.IPAMConfig(pool_configs=[
+                    docker.types.IPAMPool(subnet="10.64.0.16/28")])),
+                "Labels": {"org.gpuhub.server-network": "bob"}}
+    assert (await decide(call("POST", "/networks/create", body=json.dumps(api_body).encode()))
+            ).rule == "network-create"
     d = await decide(call("GET", "/networks/gpuhub-alice"))
     assert d.rule == "network-inspect" and d.path == f"/networks/{STUDENT_NET['Id']}"
     assert (await decide(call("GET", "/networks/gpuhub-users"))).rule == "network-inspect"
