@@ -12,7 +12,7 @@ import sys
 import docker
 from traitlets.log import get_logger
 
-from . import auth, courses, gpus, state_dirs, tls
+from . import auth, courses, gpus, routes_file, state_dirs, tls
 from .gpu_api import GpuAllocationsHandler
 from .settings import SettingsError, load
 
@@ -113,6 +113,7 @@ def apply(c, environ=None):
 
     # Traefik runs in its own container and reads the routes the hub writes to a file.
     c.JupyterHub.proxy_class = "traefik_file"
+    routes_file.install()  # mode 640: Traefik reads it by group, without DAC_OVERRIDE
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = s.routes_file
     c.TraefikFileProviderProxy.traefik_api_url = s.traefik_api_url

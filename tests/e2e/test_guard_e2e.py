@@ -244,3 +244,22 @@ def test_root_owned_volumes_from_an_older_hub_are_named_at_start_and_the_documen
         assert check.stdout.strip() == "ok", check.stderr
     finally:
         client.volumes.get(volume).remove(force=True)
+
+
+def test_the_proxy_as_root_without_dac_override_reads_what_the_hub_writes(stack):
+    """Traefik runs as root with every capability dropped but NET_BIND_SERVICE: files of
+    the hub's user are readable to it only through the hub's group (group_add). An exec
+    as root in the proxy's container has exactly Traefik's capabilities and groups."""
+    hub, proxy = stack.container("hub"), stack.container("proxy")
+    assert hub.exec_run(["sh", "-c", "umask 077 && echo secret > /certs/probe"])[0] == 0
+    try:
+        def as_traefik(path):
+            return proxy.exec_run(["cat", path], user="0")
+        # the control: a file only the hub's user may read stays closed to root here
+        code, out = as_traefik("/certs/probe")
+        assert code != 0 and b"Permission denied" in out, out
+        for path in ("/certs/tls.key", "/certs/tls.crt", "/etc/traefik/dynamic/hub-routes.toml"):
+            code, out = as_traefik(path)
+            assert code == 0 and out.strip(), (path, out)
+    finally:
+        hub.exec_run(["rm", "-f", "/certs/probe"])
