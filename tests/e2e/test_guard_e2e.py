@@ -139,12 +139,21 @@ def test_the_hubs_own_body_is_allowed(stack):
     """The control: the body the attacks changed passes, so each refusal is the change's."""
     name = f"{stack.prefix}-allowed"
     try:
-        (status, body), = from_hub(stack, [create(stack, "allowed", user_body(stack))])
-        assert status == 201, body
+        body = user_body(stack)
+        body["Cmd"] = ["sh", "-c", "sleep 2; echo hello-through-the-guard"]
+        (status, answer), = from_hub(stack, [create(stack, "allowed", body)])
+        assert status == 201, answer
         container = stack.client.containers.get(name)
         assert container.attrs["HostConfig"]["CapDrop"] == ["ALL"]
-        (status, body), = from_hub(stack, [("DELETE", f"/v1.41/containers/{name}?force=1", None)])
-        assert status == 204, body
+        # wait blocks until the container exits; logs stream its output: both pass through
+        answers = from_hub(stack, [
+            ("POST", f"/v1.41/containers/{name}/start", None),
+            ("POST", f"/v1.41/containers/{name}/wait", None),
+            ("GET", f"/v1.41/containers/{name}/logs?stdout=1", None),
+            ("DELETE", f"/v1.41/containers/{name}?force=1", None)])
+        assert [s for s, _ in answers] == [204, 200, 200, 204], answers
+        assert json.loads(answers[1][1])["StatusCode"] == 0
+        assert "hello-through-the-guard" in answers[2][1]
     finally:
         for c in stack.client.containers.list(all=True, filters={"name": name}):
             c.remove(force=True)
