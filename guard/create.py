@@ -15,7 +15,7 @@ from .policy import COMPOSE_PROJECT, SERVER_LABEL, USER_LABEL
 FREE_CONFIG = frozenset(k.lower() for k in (
     "Hostname", "Domainname", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts",
     "Tty", "OpenStdin", "StdinOnce", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes",
-    "WorkingDir", "Entrypoint", "NetworkDisabled", "MacAddress", "OnBuild", "StopSignal",
+    "WorkingDir", "Entrypoint", "NetworkDisabled", "OnBuild", "StopSignal",
     "StopTimeout", "Shell"))
 # HostConfig fields that may hold anything: limits, DNS, restart policy, /etc/hosts ...
 FREE_HOST = frozenset(k.lower() for k in (
@@ -23,7 +23,7 @@ FREE_HOST = frozenset(k.lower() for k in (
     "DnsSearch", "ExtraHosts", "ReadonlyRootfs", "ShmSize", "Tmpfs", "Init",
     "CpuShares", "Memory", "NanoCpus", "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems",
     "KernelMemory", "KernelMemoryTCP", "MemoryReservation", "MemorySwap", "MemorySwappiness",
-    "Ulimits", "CpuCount", "CpuPercent", "IOMaximumIOps", "IOMaximumBandwidth",
+    "CpuCount", "CpuPercent", "IOMaximumIOps", "IOMaximumBandwidth",
     "BlkioWeight", "Isolation"))
 
 NO_NEW_PRIVILEGES = ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true")
@@ -98,6 +98,18 @@ def _log_config(value, policy):
     if kind not in LOG_DRIVERS or truthy(value.get("config")):
         raise Refusal("log-driver", f"the log driver {kind!r} with options is not allowed "
                                     "(the engine's default, json-file or local)")
+
+
+# rtprio/rttime would allow real-time scheduling, memlock pinning memory, nice priority
+ULIMITS = ("nofile", "nproc", "core", "stack", "cpu", "fsize", "data", "as", "locks",
+           "sigpending", "msgqueue")
+
+
+def _ulimits(value, policy):
+    for limit in value or []:
+        name = get(limit, "Name", str, "") if isinstance(limit, Folded) else None
+        if name not in ULIMITS:
+            raise Refusal("ulimits", f"the ulimit {name!r} is not allowed")
 
 
 def _storage_opt(value, policy):
@@ -223,6 +235,7 @@ HOST_CHECKS = {
     "runtime": _runtime,
     "logconfig": _log_config,
     "storageopt": _storage_opt,
+    "ulimits": _ulimits,
     "blkioweightdevice": _refuse_if_set("no-devices", "per-device I/O settings are not allowed"),
     "blkiodevicereadbps": _refuse_if_set("no-devices", "per-device I/O settings are not allowed"),
     "blkiodevicewritebps": _refuse_if_set("no-devices", "per-device I/O settings are not allowed"),
@@ -309,8 +322,11 @@ async def check_create(name, body, policy, lookup):
     endpoints = obj(obj(body, "NetworkingConfig"), "EndpointsConfig")
     for network, endpoint in zip(keys_as_sent(endpoints), endpoints.values()):
         await check_network_mode(network, policy, lookup)
-        if isinstance(endpoint, Folded) and truthy(endpoint.get("links")):
-            raise Refusal("no-links", "links to other containers are not allowed")
+        # aliases, fixed addresses, MAC addresses: a user container could answer as the
+        # hub (alias `hub`) or take the address another container gets after a restart
+        if truthy(endpoint):
+            raise Refusal("no-endpoint-config", f"endpoint settings on {network!r} are not "
+                                                "allowed for user containers")
     for source in volume_sources(host):
         volume = await lookup.volume(source)
         if volume and COMPOSE_PROJECT in (volume.get("Labels") or {}):

@@ -248,8 +248,15 @@ async def network_attach(match, request, policy, lookup):
         raise Refusal("gpuhub-containers-only", f"the container {ref!r} may not join gpuhub's "
                                                 "networks")
     endpoint = body.get("endpointconfig") or {}
-    if isinstance(endpoint, dict) and truthy(endpoint.get("links")):
-        raise Refusal("no-links", "links to other containers are not allowed")
+    if not isinstance(endpoint, dict):
+        raise Refusal("malformed-body", "EndpointConfig must be an object", 400)
+    # the hub, proxy and egress proxy may take an alias (users' servers reach `hub`); a
+    # user container nothing: as `hub` it would receive other servers' API calls
+    allowed = ("aliases",) if is_joining_service(container, policy) else ()
+    extra = [k for k, v in endpoint.items() if k not in allowed and truthy(v)]
+    if extra and request.path.endswith("/connect"):
+        raise Refusal("no-endpoint-config", f"endpoint settings ({', '.join(extra)}) are not "
+                                            f"allowed for {ref!r}")
     return path, None
 
 

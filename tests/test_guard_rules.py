@@ -312,6 +312,7 @@ CREATE_REFUSALS = [
     ("no-realtime", with_host(CpuRealtimeRuntime=950000)),
     ("no-annotations", with_host(Annotations={"io.kubernetes.cri-o.Devices": "/dev/sda"})),
     ("unknown-field", with_host(SomethingNew={"a": 1})),
+    ("ulimits", with_host(Ulimits=[{"Name": "rtprio", "Soft": 99, "Hard": 99}])),
 ]
 
 
@@ -368,6 +369,21 @@ async def test_create_needs_name_labels_user_and_nvidia_env():
         body = good_body()
         del body["HostConfig"][field]
         await refused(create(body), rule)
+
+
+async def test_user_containers_take_no_alias_address_or_mac():
+    body = good_body()
+    body["NetworkingConfig"] = {"EndpointsConfig": {"gpuhub-users": {"Aliases": ["hub"]}}}
+    await refused(create(body), "no-endpoint-config")
+    body = good_body()
+    body["MacAddress"] = "02:42:ac:11:00:02"
+    await refused(create(body), "unknown-field")
+    alias = json.dumps({"Container": "gpuhub-alice", "EndpointConfig": {"Aliases": ["hub"]}})
+    await refused(call("POST", "/networks/gpuhub-alice/connect", body=alias.encode()),
+                  "no-endpoint-config")
+    alias = json.dumps({"Container": "gpuhub_hub_1", "EndpointConfig": {"Aliases": ["hub"]}})
+    assert (await decide(call("POST", "/networks/gpuhub-alice/connect", body=alias.encode()))
+            ).rule == "network-connect"
 
 
 async def test_engine_json_tricks_are_refused():
