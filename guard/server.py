@@ -22,6 +22,9 @@ LISTEN = os.environ.get("GUARD_SOCKET", "/run/gpuhub-guard/docker.sock")
 ENGINE = os.environ.get("GUARD_ENGINE_SOCKET", "/var/run/docker.sock")
 # request headers the engine needs; everything else (Host, Connection, Upgrade ...) stays
 REQUEST_HEADERS = ("content-type", "x-registry-auth", "user-agent", "accept")
+POLICY = web.AppKey("policy", policies.Policy)
+SESSION = web.AppKey("session", ClientSession)
+ENGINE_KEY = web.AppKey("engine", object)
 HOP_BY_HOP = ("connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
               "te", "trailer", "proxy-authenticate", "proxy-authorization")
 
@@ -60,11 +63,11 @@ async def handle(request):
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return refusal(Refusal("body-too-large", f"the body is larger than "
-                                                 f"{app['policy'].max_body} bytes", 413))
+                                                 f"{app[POLICY].max_body} bytes", 413))
     query = {k: request.query.getall(k) for k in request.query.keys()}
     call = Request(request.method, request.path, query, body)
     try:
-        decision = await decide(call, app["policy"], app["engine"])
+        decision = await decide(call, app[POLICY], app[ENGINE_KEY])
     except Refusal as r:
         log.warning("refused %s %s: %s", request.method, request.path, r.message)
         return refusal(r)
@@ -79,7 +82,7 @@ async def handle(request):
 
 
 async def forward(request, decision, body):
-    session = request.app["session"]
+    session = request.app[SESSION]
     headers = {k: v for k, v in request.headers.items() if k.lower() in REQUEST_HEADERS}
     upstream = await session.request(
         request.method, f"http://docker{decision.path}", params=list(request.query.items()),
@@ -123,7 +126,7 @@ async def make_app(policy=None, engine_socket=ENGINE):
     if policy is None:
         policy = policies.from_environ(project=await own_project(session))
     app = web.Application(client_max_size=policy.max_body)
-    app["policy"], app["session"], app["engine"] = policy, session, Engine(session)
+    app[POLICY], app[SESSION], app[ENGINE_KEY] = policy, session, Engine(session)
     app.router.add_route("*", "/{tail:.*}", handle)
 
     async def close(app):
@@ -134,7 +137,7 @@ async def make_app(policy=None, engine_socket=ENGINE):
 
 async def serve(path=LISTEN):
     app = await make_app()
-    policy = app["policy"]
+    policy = app[POLICY]
     log.info("guarding %s for containers %s-*, volumes %s-*, user %s, network %s, "
              "GPUs %s, host paths %s, project %r", ENGINE, policy.container_prefix,
              policy.volume_prefix, policy.container_user, policy.user_network,
