@@ -452,3 +452,23 @@ def test_any_value_of_a_guarded_field_is_checked_or_refused(field, value):
         "ipcmode", "cgroupnsmode", "logconfig", "storageopt", "devicerequests")
     if field == "privileged":
         assert value in (None, False)
+
+
+def casings(word):
+    return st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
+        lambda flags: "".join(c.upper() if f else c.lower() for c, f in zip(word, flags)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(section=casings("HostConfig"), field=casings("Privileged"))
+def test_privileged_is_refused_however_its_keys_are_spelt(section, field):
+    """The engine matches keys case-insensitively; so must the guard."""
+    import asyncio
+    body = good_body()
+    host = body.pop("HostConfig")
+    host.pop("Privileged", None)
+    host[field] = True
+    body[section] = host
+    with pytest.raises(Refusal) as e:
+        asyncio.run(decide(create(body)))
+    assert e.value.rule == "no-privileged"
