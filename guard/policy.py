@@ -6,7 +6,6 @@ the hub and the guard cannot disagree about what a setting means.
 """
 
 import os
-import re
 from dataclasses import dataclass
 
 from hub.settings import SETTINGS, SettingsError
@@ -20,17 +19,6 @@ SERVER_LABEL = "org.gpuhub.server"
 MAX_BODY = 1 << 20  # DockerSpawner's create body is about 3 KiB
 # older API versions change meanings (below 1.24, `start` still takes a HostConfig)
 MIN_API_VERSION = (1, 40)
-
-_GPU_SEPARATOR = re.compile(r"\s*,\s*|\s+")
-
-
-def gpu_ids(raw):
-    """The inventory as the hub names GPUs in device requests: UUIDs, or indexes."""
-    ids = set()
-    for item in filter(None, _GPU_SEPARATOR.split(raw.strip())):
-        ids.add(str(int(item)) if item.isascii() and item.isdigit() else item.lower())
-    return frozenset(ids)
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -67,8 +55,12 @@ def from_environ(environ=None, project=""):
             values[key] = setting.parse(raw)
         except ValueError as e:
             problems.append(f"{name}={raw!r} is not valid: expected {e}")
-    raw = environ.get("GPUHUB_GPUS", "")
-    values["gpus"] = gpu_ids(raw)
+    # the inventory as the hub's parser reads it; the hub names GPUs by these `uuid`s
+    setting, raw = by_name["GPUHUB_GPUS"], environ.get("GPUHUB_GPUS", "")
+    try:
+        values["gpus"] = frozenset(g.uuid.lower() for g in setting.parse(raw))
+    except ValueError as e:
+        problems.append(f"GPUHUB_GPUS={raw!r} is not valid: expected {e}")
     if problems:
         raise SettingsError(problems)
     return Policy(**values)

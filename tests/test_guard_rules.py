@@ -472,3 +472,19 @@ def test_privileged_is_refused_however_its_keys_are_spelt(section, field):
     with pytest.raises(Refusal) as e:
         asyncio.run(decide(create(body)))
     assert e.value.rule == "no-privileged"
+
+
+def test_policy_from_the_hubs_settings():
+    from guard.policy import from_environ
+    from hub.settings import SettingsError
+    policy = from_environ({"GPUHUB_GPUS": "GPU-AAAA-1, 3", "GPUHUB_GUARD_BIND_PATHS": "/srv/data/"},
+                          project="gpuhub")
+    assert policy.container_prefix == "gpuhub" and policy.volume_prefix == "gpuhub-user"
+    assert policy.container_user == "1000:100" and policy.user_network == "gpuhub-users"
+    assert policy.gpus == {"gpu-aaaa-1", "3"} and policy.bind_paths == ("/srv/data",)
+    with pytest.raises(SettingsError) as e:
+        from_environ({"GPUHUB_CONTAINER_USER": "0", "GPUHUB_GUARD_BIND_PATHS": "/",
+                      "GPUHUB_GPUS": "banana"})
+    text = str(e.value)
+    assert "GPUHUB_CONTAINER_USER" in text and "GPUHUB_GUARD_BIND_PATHS" in text
+    assert "GPUHUB_GPUS" in text
