@@ -39,6 +39,7 @@ class Ready:
     groups: frozenset = frozenset()  # known group names: GPUHUB_GROUPS and the database's
     inventory: tuple = ()
     allocator: GpuAllocator = None
+    volumes_writable: bool = True  # false: the volume step named them; nothing writes there
 
 
 def problems_of(error):
@@ -78,15 +79,21 @@ def running_servers(prefix):
 
 # -- the steps, in order; each reads `settings` and fills in `ready` --
 def _step_tls(s, ready, log):
+    if not ready.volumes_writable:
+        return  # writing there would be a traceback, not the message that says what to do
     ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
 
 
 def _step_volumes(s, ready, log):
     # the hub runs as uid 10001: volumes of an older, root-run hub are named with the fix
+    ready.volumes_writable = False
     state_dirs.check_writable([s.state_dir, os.path.dirname(s.routes_file), s.tls_dir])
+    ready.volumes_writable = True
 
 
 def _step_state(s, ready, log):
+    if not ready.volumes_writable:
+        return
     os.makedirs(s.state_dir, exist_ok=True)
     ready.traefik_api_password = read_or_create_secret(f"{s.state_dir}/traefik-api-password")
 
