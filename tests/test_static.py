@@ -149,5 +149,13 @@ def test_env_example_documents_every_variable():
 
 
 def test_env_example_settings_load():
-    loaded = settings.load(dotenv_values(REPO / ".env.example"))
+    env = dotenv_values(REPO / ".env.example")
+    # closed by default: a copied .env.example starts no hub, and says what to choose
+    with pytest.raises(settings.SettingsError) as e:
+        settings.load(env)
+    assert e.value.problems == [
+        "AUTH_PROVIDER is not set: github, gitlab, google, oidc; or dummy (development only: "
+        "one shared password, GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example "
+        "starts no hub."]
+    loaded = settings.load({**env, "AUTH_PROVIDER": "github"})
     assert loaded.public_url == "https://hub.example.edu/"
