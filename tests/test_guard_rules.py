@@ -488,3 +488,26 @@ def test_policy_from_the_hubs_settings():
     text = str(e.value)
     assert "GPUHUB_CONTAINER_USER" in text and "GPUHUB_GUARD_BIND_PATHS" in text
     assert "GPUHUB_GPUS" in text
+
+
+def test_the_settings_parser_needs_only_the_guards_requirements():
+    """The guard image imports hub/settings.py: the hub modules it pulls in may import the
+    standard library and guard/requirements.in's packages only (else the guard cannot start)."""
+    import ast
+    import sys
+    from pathlib import Path
+    hub = Path(__file__).resolve().parents[1] / "hub"
+    allowed = {"prometheus_client", "aiohttp"}
+    seen, todo, outside = set(), ["settings"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse((hub / f"{module}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo += [node.module] if node.module else [a.name for a in node.names]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and node.col_offset == 0:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                outside |= {n.split(".")[0] for n in names}
+    assert outside - set(sys.stdlib_module_names) <= allowed, (seen, outside)
