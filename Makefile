@@ -31,6 +31,7 @@ $(UV):
 # for the stand-in of its base (as of the base's release, 2022-11).
 lock: $(UV)
 	cd hub && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
+	cd guard && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests && ../$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd images/tensorflow-2.9-gpu && ../../$(UV) pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --generate-hashes -q -o requirements.txt --custom-compile-command "cd images/tensorflow-2.9-gpu && uv pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --generate-hashes -o requirements.txt"
 	cd tests/standin/tf-gpu-jupyter && ../../../$(UV) pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --exclude-newer 2022-11-20 --generate-hashes -q -o requirements.txt --custom-compile-command "cd tests/standin/tf-gpu-jupyter && uv pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --exclude-newer 2022-11-20 --generate-hashes -o requirements.txt"

@@ -28,6 +28,10 @@ def host_config(spawner):
     dict it gets, which would turn a docker.types.DeviceRequest into one docker-py
     no longer accepts."""
     config = dict(spawner.security_host_config)
+    if getattr(spawner, "mem_limit", None):
+        # no swap beyond the limit (Docker's default allows as much again): where the
+        # host has swap, a kernel past its limit would thrash instead of being stopped
+        config["memswap_limit"] = spawner.mem_limit
     if spawner.gpus:
         config["device_requests"] = [{
             "driver": "nvidia",
