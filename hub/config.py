@@ -12,7 +12,7 @@ import sys
 import docker
 from traitlets.log import get_logger
 
-from . import auth, courses, gpus, tls
+from . import auth, courses, culling, gpu_culler, gpus, stop_reasons, tls
 from .gpu_api import GpuAllocationsHandler
 from .settings import SettingsError, load
 
@@ -150,19 +150,30 @@ def apply(c, environ=None):
     # leave users' servers running when the hub restarts; it finds them again
     c.JupyterHub.cleanup_servers = False
 
-    c.JupyterHub.services = []
-    c.JupyterHub.load_roles = []
+    services, roles = [], []
     if s.idle_timeout:
-        c.JupyterHub.services = [{
+        services = [{
             "name": "idle-culler",
             "command": [sys.executable, "-m", "jupyterhub_idle_culler",
                         f"--timeout={s.idle_timeout}"],
         }]
-        c.JupyterHub.load_roles = [{
+        roles = [{
             "name": "idle-culler",
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             "services": ["idle-culler"],
         }]
+    # what jupyterhub-idle-culler lacks: GPU sessions, per-course timeouts (hub.gpu_culler)
+    cull_policy = culling.Policy.build(culling.Limits(
+        gpu_idle_timeout=s.gpu_idle_timeout if allocator else 0,
+        gpu_max_age=s.gpu_max_age if allocator else 0,
+        gpu_idle_percent=s.gpu_idle_percent, warning=s.gpu_warning,
+    ), catalog, exclusive=allocator is None or allocator.policy.mode == "exclusive")
+    more_services, more_roles = gpu_culler.service(
+        cull_policy, f"sqlite:///{s.database}", s.gpu_usage_source, sys.executable,
+        os.path.dirname(os.path.dirname(os.path.abspath(gpu_culler.__file__))))
+    c.JupyterHub.services = services + more_services
+    c.JupyterHub.load_roles = roles + more_roles
+    c.GpuhubSpawner.cull_policy = cull_policy
 
     # with groups synced from the identity provider JupyterHub refuses load_groups; the
     # names in GPUHUB_GROUPS still count as known (known_groups) for catalog and caps
@@ -172,5 +183,11 @@ def apply(c, environ=None):
     c.JupyterHub.tornado_settings = {"gpuhub_allocator": allocator}
     c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
 
-    c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name}
+    c.JupyterHub.template_vars = {
+        "gpuhub_lab_name": s.lab_name,
+        # the home page says why the culler stopped a server, and when servers stop
+        "gpuhub_stop_notices": stop_reasons.home_page_notices(
+            stop_reasons.StopReasons(f"sqlite:///{s.database}")),
+        "gpuhub_culling": culling.summary(cull_policy, s.idle_timeout),
+    }
     return s

@@ -68,6 +68,10 @@ class Course:
     groups: Tuple[str, ...] = ()  # empty: everybody
     nbgitpuller: Optional[GitContent] = None
     build: Optional[Build] = None
+    # culling overrides in seconds (hub.culling); None: the hub's GPUHUB_* setting
+    idle_timeout: Optional[int] = None
+    gpu_idle_timeout: Optional[int] = None
+    gpu_max_age: Optional[int] = None
 
     def _git_pull_query(self):
         content = self.nbgitpuller
@@ -269,6 +273,9 @@ def _course(entry, is_default, base_dir):
             dockerfile=build.get("dockerfile", "Dockerfile"),
             args=types.MappingProxyType(dict(build.get("args") or {})),
         ) if build else None,
+        # JSON Schema's integers include 1800.0
+        **{name: int(entry[name]) for name in ("idle_timeout", "gpu_idle_timeout", "gpu_max_age")
+           if name in entry},
     )
 
 

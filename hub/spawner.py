@@ -6,6 +6,7 @@ systemd.py apart from its spawner.
 """
 
 import asyncio
+import datetime
 import html
 import inspect
 
@@ -14,6 +15,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any, Dict, Float, default
 
+from . import culling
 from .gpus import GroupCapReached, NoGpuAvailable
 
 
@@ -121,6 +123,11 @@ class GpuhubSpawner(DockerSpawner):
         Seconds between checks whether a starting server answers yet; start() returns
         when it does, or after http_timeout, or when the container stops. 0 returns as
         soon as the container runs and leaves the waiting to JupyterHub's own backoff.
+        """)
+
+    cull_policy = Any(None, config=True, help="""
+        When servers stop (hub.culling.Policy); the spawner tells JupyterLab the GPU
+        session's deadline. Example: c.GpuhubSpawner.cull_policy = Policy.build(Limits(...))
         """)
 
     def __init__(self, **kwargs):
@@ -242,6 +249,10 @@ class GpuhubSpawner(DockerSpawner):
         course = self.chosen_course() if self.catalog else None
         if course:
             env["GPUHUB_COURSE"] = course.slug
+        if self.gpus and self.cull_policy:
+            # the GPUs were taken a moment ago (start() allocates before the container)
+            env.update(culling.session_env(self.cull_policy.limits(course.slug if course else None),
+                                           datetime.datetime.now(datetime.timezone.utc)))
         return env
 
     # -- state across hub restarts --
