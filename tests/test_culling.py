@@ -236,3 +236,88 @@ async def test_a_round_stops_the_unused_gpu_server_and_keeps_why(tmp_path):
     hub.users = [{"name": "idle", "servers": {"": server_model()}}]
     await culler.round()
     assert home_page_notices(StopReasons(db_url))(user) == []
+
+
+# -- the utilisation sources --
+def test_the_usage_file_is_read_as_the_test_or_an_exporter_writes_it(tmp_path):
+    path = tmp_path / "usage.json"
+    source = gpu_culler.usage_source(f"file:{path}")
+    assert source.sample() == {}  # not written yet: nothing measured
+    path.write_text(json.dumps({GPU: 3, "1": 80.5, "GPU-bad": "high", "GPU-bool": True}))
+    assert source.sample() == {GPU.lower(): 3.0, "1": 80.5}
+    path.write_text("[1, 2")
+    assert source.sample() == {}
+    assert gpu_culler.usage_source("none").sample() == {}
+
+
+def test_nvml_samples_each_gpu_under_its_uuid_and_index(monkeypatch):
+    """NVML itself is faked here (no GPU on this machine): the calls nvidia-ml-py offers."""
+    class Rates:
+        gpu = 42
+
+    class FakeNvml:
+        nvmlInit = staticmethod(lambda: None)
+        nvmlDeviceGetCount = staticmethod(lambda: 1)
+        nvmlDeviceGetHandleByIndex = staticmethod(lambda i: f"handle{i}")
+        nvmlDeviceGetUUID = staticmethod(lambda h: GPU.encode())
+        nvmlDeviceGetUtilizationRates = staticmethod(lambda h: Rates())
+
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", FakeNvml)
+    assert gpu_culler.NvmlUsage().sample() == {GPU.lower(): 42.0, "0": 42.0}
+
+
+def test_without_nvml_nothing_is_measured(monkeypatch):
+    class NoDriver:
+        @staticmethod
+        def nvmlInit():
+            raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", NoDriver)
+    assert gpu_culler.NvmlUsage().sample() == {}
+
+
+# -- how the hub runs it --
+def test_the_service_has_least_scopes_and_runs_only_with_something_to_enforce():
+    policy = culling.Policy.build(LIMITS)
+    [service], [role] = gpu_culler.service(policy, "sqlite:////db", "nvml", "/py", "/srv/gpuhub")
+    assert role == {"name": "gpu-culler", "services": ["gpu-culler"],
+                    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}
+    assert service["command"][:3] == ["/py", "-m", "hub.gpu_culler"]
+    assert "api_token" not in service  # JupyterHub makes one for the managed service
+    assert gpu_culler.service(culling.Policy.build(culling.Limits()), "sqlite:////db", "nvml",
+                              "/py", "/srv") == ([], [])
+
+
+def test_hub_config_starts_the_gpu_culler_only_with_gpus(tmp_path):
+    from traitlets.config import Config
+
+    from hub import config
+    env = {"GPUHUB_DOMAIN": "hub.example.edu", "AUTH_PROVIDER": "dummy",
+           "GPUHUB_USER_IMAGE": "gpuhub/user:1", "GPUHUB_STATE_DIR": str(tmp_path),
+           "GPUHUB_TLS_DIR": str(tmp_path / "tls")}
+    c = Config()
+    config.apply(c, env)
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]
+    c = Config()
+    config.apply(c, {**env, "GPUHUB_GPUS": GPU, "GPUHUB_GPU_MAX_AGE": "7200"})
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-culler"]
+    assert c.GpuhubSpawner.cull_policy.default.gpu_max_age == 7200
+    assert "at the latest 2 hours" in c.JupyterHub.template_vars["gpuhub_culling"]
+
+
+def test_the_home_page_shows_why_and_escapes_it():
+    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
+    from jupyterhub._data import DATA_FILES_PATH
+
+    from hub import auth
+    default = f"{DATA_FILES_PATH}/templates"
+    env = Environment(autoescape=True, loader=ChoiceLoader([
+        PrefixLoader({"templates": FileSystemLoader([default])}, "/"),
+        FileSystemLoader([auth.TEMPLATES, default])]))
+    page = env.get_template("home.html").render(
+        static_url=lambda *a, **k: "/static", base_url="/", url="/hub/spawn",
+        default_server=type("S", (), {"active": False}), user=None,
+        gpuhub_stop_notices=[{"reason": "gpu_unused", "text": "stopped <b>because</b>"}],
+        gpuhub_culling="Servers with a GPU stop after 30 minutes")
+    assert 'data-reason="gpu_unused">stopped &lt;b&gt;because&lt;/b&gt;</div>' in page
+    assert "Servers with a GPU stop after 30 minutes" in page and "My Server" in page
