@@ -92,3 +92,24 @@ def home_page_notices(store):
                                   "are kept; start it again when you need it."})
         return lines
     return notices
+
+
+def main(argv=None):
+    """docker compose exec hub python -m hub.stop_reasons: why the culler stopped whom."""
+    import argparse
+    import os
+    parser = argparse.ArgumentParser(prog="python -m hub.stop_reasons")
+    state_dir = os.environ.get("GPUHUB_STATE_DIR", "").strip() or "/srv/jupyterhub"
+    parser.add_argument("--db-url", default=f"sqlite:///{state_dir}/jupyterhub.sqlite")
+    args = parser.parse_args(argv)
+    rows = sorted(StopReasons(args.db_url).all().values(), key=lambda r: r.stopped_at)
+    for r in rows:
+        server = f"{r.user_name}/{r.server_name}" if r.server_name else r.user_name
+        print(f"{r.stopped_at:%Y-%m-%dT%H:%M:%S}Z {server} {r.reason}: {r.message}")
+    if not rows:
+        print("no server stopped by the gpu-culler is waiting to be started again")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -321,3 +321,15 @@ def test_the_home_page_shows_why_and_escapes_it():
         gpuhub_culling="Servers with a GPU stop after 30 minutes")
     assert 'data-reason="gpu_unused">stopped &lt;b&gt;because&lt;/b&gt;</div>' in page
     assert "Servers with a GPU stop after 30 minutes" in page and "My Server" in page
+
+
+def test_admins_list_the_kept_reasons(tmp_path, capsys):
+    from hub import stop_reasons
+    db_url = f"sqlite:///{tmp_path}/hub.sqlite"
+    assert stop_reasons.main(["--db-url", db_url]) == 0
+    assert "no server stopped" in capsys.readouterr().out
+    StopReasons(db_url).record("ada", "", "gpu_max_age", "GPU sessions last at most 4 hours, "
+                               "and yours had reached that.", at(0))
+    stop_reasons.main(["--db-url", db_url])
+    assert capsys.readouterr().out == ("2026-12-01T09:00:00Z ada gpu_max_age: GPU sessions last "
+                                       "at most 4 hours, and yours had reached that.\n")
