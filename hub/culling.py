@@ -200,5 +200,8 @@ def summary(policy, hub_idle_timeout):
     if lim.gpu_max_age:
         gpu.append(f"at the latest {_duration(lim.gpu_max_age)} after they got it")
     if gpu:
-        parts.append("Servers with a GPU stop " + " or ".join(gpu) + "; your files are kept.")
+        own = any(course != policy.default for course in policy.courses.values())
+        parts.append("Servers with a GPU stop " + " or ".join(gpu)
+                     + (" (some courses set their own limits)" if own else "")
+                     + "; your files are kept.")
     return " ".join(parts)

@@ -333,3 +333,12 @@ def test_admins_list_the_kept_reasons(tmp_path, capsys):
     stop_reasons.main(["--db-url", db_url])
     assert capsys.readouterr().out == ("2026-12-01T09:00:00Z ada gpu_max_age: GPU sessions last "
                                        "at most 4 hours, and yours had reached that.\n")
+
+
+def test_the_home_page_line_says_when_servers_stop():
+    assert culling.summary(culling.Policy.build(LIMITS), 3600) == (
+        "Servers stop after 1 hour without activity. Servers with a GPU stop after 10 minutes "
+        "without using the GPU or at the latest 1 hour after they got it; your files are kept.")
+    with_courses = culling.summary(culling.Policy.build(LIMITS, courses.parse_catalog(CATALOG)), 0)
+    assert with_courses.startswith("Servers with a GPU") and "some courses set their own" in with_courses
+    assert culling.summary(culling.Policy.build(culling.Limits()), 0) == ""

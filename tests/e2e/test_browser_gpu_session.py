@@ -17,6 +17,7 @@ import shutil
 
 import pytest
 import yaml
+from playwright.sync_api import expect
 
 from .stack import wait_for
 from .test_browser_login import (DOCS_IMAGES, SCREENSHOTS, browser, browser_stack,  # noqa: F401
@@ -70,6 +71,7 @@ def test_jupyterlab_counts_down_the_gpu_session_and_the_home_page_says_why_it_en
         toast = page.get_by_text(re.compile("Your GPU session ends in"))
         toast.wait_for(timeout=(GPU_MAX_AGE - WARNING + 30) * 1000)
         assert "Save your work" in toast.inner_text()
+        expect(toast).to_be_in_viewport(ratio=1.0)  # slid in completely, for the screenshot
         shot(page, "02-warning", taken)
 
         # at the deadline the hub stops the server; its home page says why
