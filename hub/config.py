@@ -163,14 +163,9 @@ def apply(c, environ=None):
             "services": ["idle-culler"],
         }]
     # what jupyterhub-idle-culler lacks: GPU sessions, per-course timeouts (hub.gpu_culler)
-    cull_policy = culling.Policy.build(culling.Limits(
-        gpu_idle_timeout=s.gpu_idle_timeout if allocator else 0,
-        gpu_max_age=s.gpu_max_age if allocator else 0,
-        gpu_idle_percent=s.gpu_idle_percent, warning=s.gpu_warning,
-    ), catalog, exclusive=allocator is None or allocator.policy.mode == "exclusive")
-    more_services, more_roles = gpu_culler.service(
-        cull_policy, f"sqlite:///{s.database}", s.gpu_usage_source, sys.executable,
-        os.path.dirname(os.path.dirname(os.path.abspath(gpu_culler.__file__))))
+    cull_policy = culling.hub_policy(s, catalog, allocator)
+    more_services, more_roles = gpu_culler.service(cull_policy, f"sqlite:///{s.database}",
+                                                   s.gpu_usage_source)
     c.JupyterHub.services = services + more_services
     c.JupyterHub.load_roles = roles + more_roles
     c.GpuhubSpawner.cull_policy = cull_policy

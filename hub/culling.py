@@ -92,6 +92,17 @@ class Policy:
                    data.get("default_course"), bool(data.get("exclusive", True)))
 
 
+def hub_policy(settings, catalog, allocator):
+    """The Policy from the hub's settings (hub.settings.Settings), its catalog and its GPU
+    allocator: GPU limits only where there are GPUs to hold."""
+    gpus = allocator is not None
+    return Policy.build(Limits(
+        gpu_idle_timeout=settings.gpu_idle_timeout if gpus else 0,
+        gpu_max_age=settings.gpu_max_age if gpus else 0,
+        gpu_idle_percent=settings.gpu_idle_percent, warning=settings.gpu_warning,
+    ), catalog, exclusive=not gpus or allocator.policy.mode == "exclusive")
+
+
 @dataclass(frozen=True)
 class Server:
     """One running server as the culler sees it."""

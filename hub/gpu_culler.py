@@ -22,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import sys
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, select
@@ -203,10 +204,12 @@ class Culler:
             await asyncio.sleep(interval)
 
 
-def service(policy, db_url, usage, python, hub_dir):
+def service(policy, db_url, usage, python=sys.executable):
     """The JupyterHub service and role for this culler, or ([], []) if nothing to enforce."""
     if not policy.enforced():
         return [], []
+    # a managed service gets only the environment given here: find the hub package
+    hub_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return ([{
         "name": "gpu-culler",
         "command": [python, "-m", "hub.gpu_culler", "--db-url", db_url, "--usage", usage,

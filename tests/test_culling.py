@@ -279,13 +279,15 @@ def test_without_nvml_nothing_is_measured(monkeypatch):
 # -- how the hub runs it --
 def test_the_service_has_least_scopes_and_runs_only_with_something_to_enforce():
     policy = culling.Policy.build(LIMITS)
-    [service], [role] = gpu_culler.service(policy, "sqlite:////db", "nvml", "/py", "/srv/gpuhub")
+    [service], [role] = gpu_culler.service(policy, "sqlite:////db", "nvml", "/py")
     assert role == {"name": "gpu-culler", "services": ["gpu-culler"],
                     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]}
     assert service["command"][:3] == ["/py", "-m", "hub.gpu_culler"]
     assert "api_token" not in service  # JupyterHub makes one for the managed service
-    assert gpu_culler.service(culling.Policy.build(culling.Limits()), "sqlite:////db", "nvml",
-                              "/py", "/srv") == ([], [])
+    assert gpu_culler.service(culling.Policy.build(culling.Limits()), "sqlite:////db",
+                              "nvml") == ([], [])
+    from pathlib import Path
+    assert (Path(service["environment"]["PYTHONPATH"]) / "hub" / "gpu_culler.py").exists()
 
 
 def test_hub_config_starts_the_gpu_culler_only_with_gpus(tmp_path):
