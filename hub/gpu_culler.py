@@ -28,7 +28,7 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, select
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from . import culling
+from . import culling, settings
 from .gpu_store import gpu_slots
 from .stop_reasons import StopReasons
 
@@ -227,8 +227,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     policy = culling.Policy.from_json(json.loads(args.policy))
     engine = create_engine(args.db_url)
-    culler = Culler(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"],
-                    policy, engine, StopReasons(args.db_url), usage_source(args.usage))
+    api_url, token = settings.jupyterhub_service()
+    culler = Culler(api_url, token, policy, engine, StopReasons(args.db_url),
+                    usage_source(args.usage))
     asyncio.run(culler.run(policy.interval()))
 
 

@@ -94,15 +94,16 @@ def home_page_notices(store):
     return notices
 
 
-def main(argv=None):
+def main(argv=None, environ=None):
     """docker compose exec hub python -m hub.stop_reasons: why the culler stopped whom."""
     import argparse
-    import os
+
+    from . import settings
     parser = argparse.ArgumentParser(prog="python -m hub.stop_reasons")
-    state_dir = os.environ.get("GPUHUB_STATE_DIR", "").strip() or "/srv/jupyterhub"
-    parser.add_argument("--db-url", default=f"sqlite:///{state_dir}/jupyterhub.sqlite")
+    parser.add_argument("--db-url", help="database URL (default: the hub's, in GPUHUB_STATE_DIR)")
     args = parser.parse_args(argv)
-    rows = sorted(StopReasons(args.db_url).all().values(), key=lambda r: r.stopped_at)
+    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR",)).db_url
+    rows = sorted(StopReasons(db_url).all().values(), key=lambda r: r.stopped_at)
     for r in rows:
         server = f"{r.user_name}/{r.server_name}" if r.server_name else r.user_name
         print(f"{r.stopped_at:%Y-%m-%dT%H:%M:%S}Z {server} {r.reason}: {r.message}")

@@ -344,3 +344,16 @@ def test_the_home_page_line_says_when_servers_stop():
     with_courses = culling.summary(culling.Policy.build(LIMITS, courses.parse_catalog(CATALOG)), 0)
     assert with_courses.startswith("Servers with a GPU") and "some courses set their own" in with_courses
     assert culling.summary(culling.Policy.build(culling.Limits()), 0) == ""
+
+
+def test_the_service_reads_what_jupyterhub_gives_it(tmp_path):
+    from hub import settings, stop_reasons
+    assert settings.jupyterhub_service({"JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api",
+                                        "JUPYTERHUB_API_TOKEN": "t"}) == (
+        "http://127.0.0.1:8081/hub/api", "t")
+    with pytest.raises(settings.SettingsError) as e:
+        settings.jupyterhub_service({"JUPYTERHUB_API_URL": "http://x"})
+    assert "JUPYTERHUB_API_TOKEN is not set" in str(e.value)
+    # the admin command finds the hub's database where GPUHUB_STATE_DIR says
+    StopReasons(f"sqlite:///{tmp_path}/jupyterhub.sqlite").record("bo", "", "idle", "m.", at(0))
+    assert stop_reasons.main([], {"GPUHUB_STATE_DIR": str(tmp_path)}) == 0

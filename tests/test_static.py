@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from hub import settings
 from tests.e2e.stack import copy_repository
@@ -136,10 +137,5 @@ def test_env_example_documents_every_variable():
 
 
 def test_env_example_settings_load():
-    env = {}
-    for line in (REPO / ".env.example").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    loaded = settings.load(env)
+    loaded = settings.load(dotenv_values(REPO / ".env.example"))
     assert loaded.public_url == "https://hub.example.edu/"
