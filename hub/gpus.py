@@ -317,16 +317,3 @@ def build_report(inventory, policy, holdings):
 def isoformat(moment):
     """ISO 8601 in UTC with a Z, as JupyterHub's own API writes times."""
     return moment.isoformat().replace("+00:00", "Z")
-
-
-def holder_time_left(since, now, max_age=0, idle_timeout=0, idle_since=None):
-    """Seconds until a GPU holder's server is stopped at the latest if nothing changes
-    (for the queue's estimate): at `since` + `max_age` (GPUHUB_GPU_MAX_AGE or the course's),
-    or sooner at `idle_since` + `idle_timeout` if it is idle now. None: no limit applies.
-    hub.culling decides the stops themselves."""
-    ends = []
-    if max_age and since is not None:
-        ends.append((since - now).total_seconds() + max_age)
-    if idle_timeout and idle_since is not None:
-        ends.append((idle_since - now).total_seconds() + idle_timeout)
-    return max(0.0, min(ends)) if ends else None

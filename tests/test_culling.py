@@ -170,14 +170,6 @@ def test_the_session_deadline_jupyterlab_gets():
     assert culling.session_env(culling.Limits(), at(0)) == {}
 
 
-def test_time_left_for_the_queue():
-    assert gpus.holder_time_left(at(0), at(600), max_age=3600) == 3000
-    assert gpus.holder_time_left(at(0), at(600), max_age=3600, idle_timeout=600,
-                                 idle_since=at(500)) == 500
-    assert gpus.holder_time_left(at(0), at(9000), max_age=3600) == 0
-    assert gpus.holder_time_left(at(0), at(600)) is None
-
-
 # -- the service's round: REST API faked, database real --
 class FakeHub:
     """What GET /users?state=ready answers and which DELETEs the culler sent."""
