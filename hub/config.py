@@ -34,7 +34,8 @@ def update_hub(c, s, ready):
 
 def update_proxy(c, s, ready):
     # Traefik runs in its own container and reads the routes the hub writes to a file.
-    c.JupyterHub.proxy_class = "traefik_file"
+    # jupyterhub-traefik-proxy's file provider, refusing routes with rule syntax (hub/proxy.py)
+    c.JupyterHub.proxy_class = "hub.proxy.GpuhubTraefikProxy"
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = s.routes_file
     c.TraefikFileProviderProxy.traefik_api_url = s.traefik_api_url
@@ -53,8 +54,10 @@ def update_auth(c, s, ready):
 def update_spawner(c, s, ready):
     c.JupyterHub.spawner_class = "hub.spawner.GpuhubSpawner"
     c.DockerSpawner.image = s.user_image
-    c.DockerSpawner.network_name = s.user_network
+    # every server gets a network of its own (hub/networks.py), named like its container
     c.DockerSpawner.use_internal_ip = True
+    c.GpuhubSpawner.server_subnets = s.server_subnets
+    c.GpuhubSpawner.user_egress = s.user_egress
     c.DockerSpawner.prefix = s.container_prefix
     c.DockerSpawner.notebook_dir = s.notebook_dir
     # a named volume per user: work survives container removal and image upgrades
@@ -107,6 +110,7 @@ def update_services(c, s, ready):
 def update_pages(c, s, ready):
     c.JupyterHub.template_vars = {
         "gpuhub_lab_name": s.lab_name,
+        "gpuhub_dev_login": s.auth_provider == "dummy",
         # the home page says why the gpu-culler stopped a server, and when servers stop
         "gpuhub_stop_notices": stop_reasons.home_page_notices(stop_reasons.StopReasons(s.db_url)),
         "gpuhub_culling": culling.summary(culling.hub_policy(s, ready.catalog, ready.allocator),

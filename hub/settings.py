@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from . import gpus
+from .names import DEFAULT_PATTERN as USERNAME_PATTERN, DEFAULT_RULE as USERNAME_RULE
 
 
 class SettingsError(ValueError):
@@ -148,6 +149,15 @@ def names(raw):
     return tuple(seen)
 
 
+def regex(raw):
+    value = raw.strip()
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"a regular expression ({e})") from None
+    return value
+
+
 def choice(*options):
     def parse(raw):
         value = raw.strip().lower()
@@ -165,6 +175,17 @@ def non_root(raw):
     if not (uid.isdigit() and (gid == "" or gid.isdigit())) or int(uid) == 0:
         raise ValueError("a numeric UID:GID other than root, such as 1000:100")
     return value
+
+
+def server_pool(raw):
+    """An IPv4 pool for the servers' own /28 networks (hub/networks.py)."""
+    try:
+        value = ipaddress.IPv4Network(raw.strip())
+    except ValueError:
+        raise ValueError("an IPv4 subnet such as 10.128.0.0/16") from None
+    if value.prefixlen > 28:
+        raise ValueError("an IPv4 subnet of /28 or larger, such as 10.128.0.0/16")
+    return str(value)
 
 
 def lower(raw):
@@ -233,11 +254,16 @@ SETTINGS = (
             attr="tls_mode"),
     # -- who logs in --
     Setting("AUTH_PROVIDER", choice(*AUTH_PROVIDERS), None,
-            "github, gitlab, google, oidc; or dummy (development only, any password).",
+            "github, gitlab, google, oidc; or dummy (development only: one shared password, "
+            "GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example starts no hub.",
             attr="auth_provider"),
+    Setting("GPUHUB_USERNAME_PATTERN", regex, USERNAME_PATTERN,
+            "Regular expression every user name must match as a whole, after the provider's "
+            "name is normalised (NFKC, lower case); the default allows " + USERNAME_RULE
+            + ". Others are refused at login (hub/names.py)."),
     Setting("GPUHUB_ADMIN_USERS", names, "", "User names with admin rights, comma-separated."),
     Setting("GPUHUB_DUMMY_PASSWORD", text, "",
-            "With AUTH_PROVIDER=dummy: the shared password (empty accepts any).", secret=True),
+            "With AUTH_PROVIDER=dummy: the shared password, at least 16 characters.", secret=True),
     Setting("GPUHUB_ALLOWED_USERS", names, "",
             "User names that may log in, comma-separated (as the provider names them)."),
     Setting("GPUHUB_ALLOWED_GROUPS", names, "",
@@ -274,7 +300,12 @@ SETTINGS = (
     # -- user servers --
     Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
     Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
-            "Docker network of the hub, the proxy and the user containers."),
+            "Docker network of the hub and the proxy (each user server has one of its own)."),
+    Setting("GPUHUB_SERVER_SUBNETS", server_pool, "10.128.0.0/16",
+            "Address pool of the user servers' own networks, a /28 each (4096 in a /16)."),
+    Setting("GPUHUB_USER_EGRESS", choice("proxy", "deny"), "proxy",
+            "proxy: user servers reach the outside world through the egress proxy only "
+            "(no private, loopback or link-local addresses); deny: not at all (exams)."),
     Setting("GPUHUB_NOTEBOOK_DIR", absolute_path, "/home/jovyan",
             "Notebook directory in the user image; the user's volume is mounted there."),
     Setting("GPUHUB_CONTAINER_PREFIX", docker_name, "gpuhub",

@@ -288,7 +288,7 @@ def test_hub_config_starts_the_gpu_culler_only_with_gpus(tmp_path):
     from hub import config
     env = {"GPUHUB_DOMAIN": "hub.example.edu", "AUTH_PROVIDER": "dummy",
            "GPUHUB_USER_IMAGE": "gpuhub/user:1", "GPUHUB_STATE_DIR": str(tmp_path),
-           "GPUHUB_TLS_DIR": str(tmp_path / "tls")}
+           "GPUHUB_TLS_DIR": str(tmp_path / "tls"), "GPUHUB_DUMMY_PASSWORD": "x" * 16}
     c = Config()
     config.apply(c, env)
     assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]

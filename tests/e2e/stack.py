@@ -20,6 +20,8 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Suffix for every compose project, image tag and network of this run, so that runs
 # from several checkouts on one Docker engine do not share (and break) each other's.
 RUN_ID = os.environ.get("GPUHUB_E2E_ID", "")
+# the dummy provider's shared password (it needs 16 characters or more)
+DUMMY_PASSWORD = "e2e-password-of-the-dummy-login"
 
 
 def compose_command():
@@ -110,7 +112,7 @@ class Stack:
             "GPUHUB_HTTPS_PORT": str(free_port()),
             "TLS_MODE": "selfsigned",
             "AUTH_PROVIDER": "dummy",
-            "GPUHUB_DUMMY_PASSWORD": "e2e-password",
+            "GPUHUB_DUMMY_PASSWORD": DUMMY_PASSWORD,
             "GPUHUB_USER_IMAGE": f"{name}/user:e2e",
             "GPUHUB_VERSION": "e2e",
             "GPUHUB_USER_NETWORK": f"{name}-users",
@@ -189,9 +191,15 @@ class Stack:
 
     # -- what users and admins reach --
     def ip(self, container, network=None):
+        """The container's address on `network`; by default on the users network (hub,
+        proxy), or on its own network (a user server has only that one)."""
         container.reload()
         networks = container.attrs["NetworkSettings"]["Networks"]
-        return networks[network or self.env["GPUHUB_USER_NETWORK"]]["IPAddress"]
+        if network is None:
+            network = self.env["GPUHUB_USER_NETWORK"]
+            if network not in networks and len(networks) == 1:
+                network = next(iter(networks))
+        return networks[network]["IPAddress"]
 
     @property
     def hub_url(self):
@@ -215,10 +223,12 @@ class Stack:
         return tomllib.loads(tar.extractfile(tar.getmembers()[0]).read().decode())
 
     def server_url(self, user):
-        """Where a user's server is reached: through Traefik, or at its route's target."""
+        """Where a user's server is reached: through Traefik, or through the stand-in's
+        forwarder at the proxy's address (user servers' own networks are out of the
+        host's reach; see tests/e2e/traefik_api_standin.py)."""
         if self.real_traefik:
             return f"{self.hub_url}/user/{user}"
-        return self.route_target(user).rstrip("/") + f"/user/{user}"
+        return f"http://{self.ip(self.container('proxy'))}:8080/user/{user}"
 
     def route_target(self, user):
         routes = self.routes_file()["http"]

@@ -1,10 +1,15 @@
 """The same deployment behind real Traefik. Runs where the `traefik:v3` image exists;
 elsewhere the `traefik_stack` fixture skips with the reason (no registry here)."""
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+import yaml
+
+from .stack import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -40,3 +45,52 @@ def test_user_server_through_traefik(traefik_stack):
     assert r.status_code in (200, 201), r.text
     assert requests.get(url, headers=headers, verify=False, timeout=30).json()["content"] == marker
     s.stop_server(user)
+
+
+# From inside the hub container: the proxy's https port, as another client address.
+OTHER_CLIENT = r"""
+import ssl, sys, urllib.request, urllib.error
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+codes = []
+for _ in range(int(sys.argv[2])):
+    request = urllib.request.Request(sys.argv[1], headers={"Host": "localhost"})
+    try:
+        codes.append(urllib.request.urlopen(request, context=ctx, timeout=10).status)
+    except urllib.error.HTTPError as e:
+        codes.append(e.code)
+print(" ".join(map(str, codes)))
+"""
+
+
+@pytest.mark.parametrize("path, middleware", [("/hub/login", "login-rate-limit"),
+                                              ("/hub/api/", "api-rate-limit")])
+def test_login_and_api_are_rate_limited_per_client_address(traefik_stack, path, middleware):
+    """A burst from one address past the configured burst gets 429 from Traefik, while
+    another address (the hub container, on the users network) is still served."""
+    s = traefik_stack
+    limit = yaml.safe_load((REPO / "proxy" / "dynamic" / "gpuhub.yml").read_text())[
+        "http"]["middlewares"][middleware]["rateLimit"]
+    total = 3 * limit["burst"]  # bounded: the bucket holds `burst`, refills `average`/s
+    session = requests.Session()
+
+    def one(_):
+        return session.get(f"{s.hub_url}{path}", verify=False, timeout=30,
+                           allow_redirects=False).status_code
+
+    other = {}
+
+    def other_client():
+        hub = s.container("hub")
+        code, out = hub.exec_run(["python3", "-c", OTHER_CLIENT, f"https://proxy{path}", "5"])
+        other["codes"] = out.decode().split() if code == 0 else [out.decode()]
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = pool.map(one, range(total))
+        side = threading.Thread(target=other_client)
+        side.start()
+        codes = list(futures)
+        side.join(timeout=120)
+    assert 429 in codes, f"no 429 in {total} requests to {path}: {sorted(set(codes))}"
+    # the bucket starts full: at least `burst` requests went through
+    assert sum(c != 429 for c in codes) >= limit["burst"], codes.count(429)
+    assert other.get("codes") and "429" not in other["codes"], other
