@@ -13,8 +13,8 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, culling, gpu_culler, settings, startup, stop_reasons
-from .gpu_api import GpuAllocationsHandler
+from . import auth, culling, gpu_culler, origins, settings, startup, stop_reasons
+from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 
 TRAEFIK_API_USER = "gpuhub"
 
@@ -42,6 +42,11 @@ def update_proxy(c, s, ready):
     c.TraefikFileProviderProxy.traefik_api_username = TRAEFIK_API_USER
     c.TraefikFileProviderProxy.traefik_api_password = ready.traefik_api_password
     c.TraefikFileProviderProxy.traefik_entrypoint = "https"
+
+
+def update_origins(c, s, ready):
+    # each user's server on its own origin, or all on the hub's (hub/origins.py)
+    origins.configure(c, s)
 
 
 def update_auth(c, s, ready):
@@ -80,6 +85,7 @@ def update_spawner(c, s, ready):
     c.Spawner.default_url = "/lab"
     c.GpuhubSpawner.catalog = ready.catalog
     c.GpuhubSpawner.gpu_allocator = ready.allocator
+    c.GpuhubSpawner.gpu_queue = ready.queue
     # the spawner tells JupyterLab when the GPU session ends (GPUHUB_GPU_DEADLINE)
     c.GpuhubSpawner.cull_policy = culling.hub_policy(s, ready.catalog, ready.allocator)
 
@@ -102,9 +108,12 @@ def update_services(c, s, ready):
         culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source)
     c.JupyterHub.services = services + more_services
     c.JupyterHub.load_roles = roles + more_roles
-    # GET /hub/api/gpus, served inside the hub so that it reads the spawner's allocator
-    c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator}
-    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
+    # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so
+    # that they read the spawner's allocator and line
+    c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator,
+                                     "gpuhub_queue": ready.queue}
+    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler),
+                                   (r"/api/gpus/usage", GpuUsageHandler)]
 
 
 def update_pages(c, s, ready):
@@ -118,7 +127,8 @@ def update_pages(c, s, ready):
     }
 
 
-UPDATES = (update_hub, update_proxy, update_auth, update_spawner, update_services, update_pages)
+UPDATES = (update_hub, update_proxy, update_origins, update_auth, update_spawner, update_services,
+           update_pages)
 
 
 class StartupProblems(SystemExit):

@@ -68,6 +68,7 @@ class Course:
     groups: Tuple[str, ...] = ()  # empty: everybody
     nbgitpuller: Optional[GitContent] = None
     build: Optional[Build] = None
+    gpu_hours_per_week: Optional[float] = None  # a budget per student; None: no budget
     # culling overrides in seconds (hub.culling); None: the hub's GPUHUB_* setting
     idle_timeout: Optional[int] = None
     gpu_idle_timeout: Optional[int] = None
@@ -253,6 +254,8 @@ def _problems(data):
     for i, entry in enumerate(courses):
         if "cpu_limit" in entry and not math.isfinite(entry["cpu_limit"]):
             problems.append((_entry(data, i), "cpu_limit", "expected a finite number"))
+        if "gpu_hours_per_week" in entry and not math.isfinite(entry["gpu_hours_per_week"]):
+            problems.append((_entry(data, i), "gpu_hours_per_week", "expected a finite number"))
     return problems
 
 
@@ -273,6 +276,8 @@ def _course(entry, is_default, base_dir):
             dockerfile=build.get("dockerfile", "Dockerfile"),
             args=types.MappingProxyType(dict(build.get("args") or {})),
         ) if build else None,
+        gpu_hours_per_week=(float(entry["gpu_hours_per_week"])
+                            if "gpu_hours_per_week" in entry else None),
         # JSON Schema's integers include 1800.0
         **{name: int(entry[name]) for name in ("idle_timeout", "gpu_idle_timeout", "gpu_max_age")
            if name in entry},

@@ -252,6 +252,15 @@ SETTINGS = (
     Setting("TLS_MODE", choice(*TLS_MODES), "selfsigned",
             "selfsigned (generated on first start), own (tls/cert.pem + tls/key.pem) or letsencrypt.",
             attr="tls_mode"),
+    # -- where user servers live (hub/origins.py) --
+    Setting("GPUHUB_USER_SUBDOMAINS", boolean, "true",
+            "true (recommended): each user's server on its own origin, "
+            "https://<user>.GPUHUB_DOMAIN, so pages from one student's server cannot act "
+            "on the hub or other servers; needs a wildcard DNS record (docs/admin.md). false: all on the hub's origin (an IP address as GPUHUB_DOMAIN needs it)."),
+    Setting("ACME_DNS_PROVIDER", text, "",
+            "With TLS_MODE=letsencrypt and GPUHUB_USER_SUBDOMAINS=true: the DNS provider's "
+            "code for Traefik's DNS challenge (e.g. cloudflare, route53, ovh), which a "
+            "wildcard certificate needs.", attr="acme_dns_provider"),
     # -- who logs in --
     Setting("AUTH_PROVIDER", choice(*AUTH_PROVIDERS), None,
             "github, gitlab, google, oidc; or dummy (development only: one shared password, "
@@ -355,6 +364,9 @@ SETTINGS = (
             empty_is_default=True),
     Setting("GPUHUB_GPU_GROUP_CAPS", group_caps, "",
             "GPUs the members of a group may hold at once, e.g. cs101=4,research=8."),
+    Setting("GPUHUB_GPU_QUEUE_TIMEOUT", non_negative, "1800",
+            "Seconds a spawn may wait in line for a GPU when none is free (first come, first "
+            "served); 0: no line, refuse at once."),
     # -- wiring between containers: compose sets the URLs and mounts the paths; the
     # defaults are what docker-compose.yml does, so change them only together with it --
     Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import docker
 from sqlalchemy import create_engine, inspect, select
 
-from . import auth, courses, gpus, tls
+from . import auth, courses, gpu_queue_store, gpus, origins, tls
 from .gpu_store import GpuAllocator
 from .secretfiles import read_or_create_secret
 from .settings import SettingsError
@@ -38,6 +38,7 @@ class Ready:
     groups: frozenset = frozenset()  # known group names: GPUHUB_GROUPS and the database's
     inventory: tuple = ()
     allocator: GpuAllocator = None
+    queue: object = None  # hub.gpu_queue_store.GpuQueue, the line in front of the allocator
 
 
 def problems_of(error):
@@ -76,8 +77,15 @@ def running_servers(prefix):
 
 
 # -- the steps, in order; each reads `settings` and fills in `ready` --
+def _step_origins(s, ready, log):
+    origins.check(s)
+    origins.report(s, log)
+
+
 def _step_tls(s, ready, log):
-    ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
+    # with users' servers on subdomains the certificate also covers *.domain (hub/origins.py)
+    ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log,
+                                    wildcard=s.user_subdomains)
 
 
 def _step_state(s, ready, log):
@@ -129,6 +137,8 @@ def _step_allocations(s, ready, log):
                     stale.gpu_uuid, stale.user, stale.server_name)
     log.info("GPUs: %s, policy %s (max %s per GPU), %s held", len(ready.inventory),
              policy.mode, policy.slots, ready.allocator.summary()["in_use"])
+    # the line for GPUs, emptied (no spawn survives a restart), and GPU seconds in the metrics
+    ready.queue = gpu_queue_store.start_line(ready.allocator, s, log)
 
 
 _LOGIN = ("auth_provider", "oauth_client_id", "oauth_client_secret", "oidc_issuer",
@@ -136,13 +146,14 @@ _LOGIN = ("auth_provider", "oauth_client_id", "oauth_client_secret", "oidc_issue
           "state_dir", "username_pattern", "admin_users", "dummy_password", "oidc_username_claim")
 # (step, the settings it reads, whether it runs only when nothing failed before it)
 STEPS = (
-    (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir"), False),
+    (_step_origins, ("user_subdomains", "domain", "tls_mode", "acme_dns_provider"), False),
+    (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir", "user_subdomains"), False),
     (_step_state, ("state_dir",), False),
     (_step_login, _LOGIN, False),
     (_step_catalog, ("catalog",), False),
     (_step_groups, ("groups", "state_dir", "catalog"), False),
     (_step_gpus, ("gpus", "gpu_policy"), False),
-    (_step_allocations, ("state_dir", "container_prefix", "gpu_policy"), True),
+    (_step_allocations, ("state_dir", "container_prefix", "gpu_policy", "gpu_queue_timeout"), True),
 )
 
 

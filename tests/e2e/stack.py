@@ -111,6 +111,9 @@ class Stack:
             "GPUHUB_HTTP_PORT": str(free_port()),
             "GPUHUB_HTTPS_PORT": str(free_port()),
             "TLS_MODE": "selfsigned",
+            # single-origin unless a test asks for subdomains: the stand-in proxy does not
+            # route by host, and Python here does not resolve *.localhost (test_origin_browser.py)
+            "GPUHUB_USER_SUBDOMAINS": "false",
             "AUTH_PROVIDER": "dummy",
             "GPUHUB_DUMMY_PASSWORD": DUMMY_PASSWORD,
             "GPUHUB_USER_IMAGE": f"{name}/user:e2e",
