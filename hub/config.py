@@ -85,6 +85,10 @@ def update_spawner(c, s, ready):
     c.DockerSpawner.cpu_limit = s.cpu_limit
     c.DockerSpawner.start_timeout = s.start_timeout
     c.DockerSpawner.http_timeout = s.ready_timeout
+    # the hub's API opens once every server found at start is checked: spawns a crash cut
+    # short are settled at once (hub/spawner.py _settle_cut_short_spawn), so nobody can stop
+    # one mid-check (JupyterHub answers 500 then); 30 s instead of 10 for a slow engine
+    c.JupyterHub.init_spawners_timeout = 30
     c.Spawner.default_url = "/lab"
     c.GpuhubSpawner.catalog = ready.catalog
     c.GpuhubSpawner.gpu_allocator = ready.allocator

@@ -174,6 +174,13 @@ class GpuhubSpawner(DockerSpawner):
         (a proxy recreated by `docker compose up` comes back without them).
         """)
 
+    cut_short_probe = Float(2.0, config=True, help="""
+        Seconds the hub, at its start, gives a server whose spawn a hub crash cut short to
+        answer: one that does is adopted, one that does not is stopped and its GPU freed
+        (its student starts again). Short: the server cannot finish starting without the
+        hub's API, which opens only after this check (hub/config.py).
+        """)
+
     _network_watch = None  # one watch per hub process (see _watch_networks)
 
     cull_policy = Any(None, config=True, help="""
@@ -381,7 +388,35 @@ class GpuhubSpawner(DockerSpawner):
             except Exception as e:
                 self.log.warning("Cannot check the network of %s: %s", self._log_name, e)
             self._watch_networks()
+        if status is None and self._check_pending and self.server is not None \
+                and not self.server.ip:
+            status = await self._settle_cut_short_spawn()
         return status
+
+    async def _settle_cut_short_spawn(self):
+        """At hub start, a spawn that a crash cut short (its server row has no address yet:
+        start() never returned): adopt the container if it answers within cut_short_probe,
+        else stop it (its GPU and network go with it); None or 0, as poll().
+
+        Why: JupyterHub would check it at the address it saved (none) for the whole
+        http_timeout, holding its GPU, while a DELETE of it answers 500 (stop_single_user
+        raises for a spawner "pending check", JupyterHub 5.5). Waiting longer here does not
+        help: the server finishes starting only once the hub's API answers, which is after
+        this check. Settled at once, the check ends before the API opens, so nobody can
+        stop it mid-check."""
+        ip, port = await self.get_ip_and_port()
+        url = f"{self.server.proto}://{ip}:{port}{self.server.base_url}api"
+
+        async def gone():  # DockerSpawner's poll: ours would come back here
+            return await DockerSpawner.poll(self) is not None
+        if await wait_until_answering(url, self.cut_short_probe, 0.2, gone):
+            self.log.info("%s: adopting the server whose spawn the hub's crash cut short "
+                          "(it answers at %s:%s)", self._log_name, ip, port)
+            return None
+        self.log.warning("%s: stopping the server whose spawn the hub's crash cut short "
+                         "(no answer at %s:%s); its GPU is freed", self._log_name, ip, port)
+        await self.stop(now=True)
+        return 0
 
     async def _take_gpus(self, course):
         """The GPUs the course wants: at once, or after waiting in line (gpu_queue)."""
@@ -476,6 +511,19 @@ class GpuhubSpawner(DockerSpawner):
         return env
 
     # -- state across hub restarts --
+    async def get_url(self):
+        """The running container's own address, from Docker.
+
+        Why: JupyterHub saves the server's row before start() returns, with no address yet
+        (ip "" and a random port). A hub killed in that window finds, after its restart, a
+        running container and asks get_url(); the default trusts that row, so JupyterHub
+        checked the hub's own host name and a random port for the whole ready timeout while
+        the server held its GPU (issue 12). DockerSpawner does not override get_url
+        (upstream: jupyterhub/dockerspawner, same for every spawner that saves no address)."""
+        ip, port = await self.get_ip_and_port()
+        server = self.server
+        return f"{server.proto}://{ip}:{port}{server.base_url}"
+
     def get_state(self):
         state = super().get_state()
         if self.gpus:
@@ -484,8 +532,9 @@ class GpuhubSpawner(DockerSpawner):
 
     def load_state(self, state):
         super().load_state(state)
-        # the database, not the saved state, says what the server holds (reconciled at start)
-        if self.gpu_allocator and state.get("gpus"):
+        # the database, not the saved state, says what the server holds (reconciled at start);
+        # asked even without "gpus": a spawn cut short by a hub crash saved no state yet
+        if self.gpu_allocator and self.orm_spawner is not None and self.orm_spawner.server:
             self.gpus = self.gpu_allocator.held_by(self.user.name, self.name or "")
 
 

@@ -264,3 +264,11 @@ def test_egress_proxy_refuses_a_bad_pool_naming_it():
                             env={"PATH": os.environ["PATH"], "GPUHUB_SERVER_SUBNETS": "all; x"},
                             capture_output=True, text=True)
     assert result.returncode != 0 and "GPUHUB_SERVER_SUBNETS=all; x" in result.stderr
+
+
+def test_proxy_access_log_prints_no_query():
+    """Traefik's access log writes RequestPath with its query, where `?token=` may be
+    (issue 12); v3.6 cannot drop only the query, so the path is dropped."""
+    fields = render_static("selfsigned")["accessLog"]["fields"]
+    assert fields["names"]["RequestPath"] == "drop"
+    assert fields.get("defaultMode", "keep") == "keep"  # the router name stays
