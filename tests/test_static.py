@@ -51,9 +51,15 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
         pytest.fail("no docker compose / docker-compose: .ci/run installs it")
     # as an admin does it: a clone with .env.example copied to .env
     copy_repository(tmp_path)
+    admin_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "TLS_"))}
+    # copied as shipped, it names the one value nobody can guess for the admin
     shutil.copy(tmp_path / ".env.example", tmp_path / ".env")
     result = subprocess.run(compose + ["config"], cwd=tmp_path, capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "TLS_"))})
+                            env=admin_env)
+    assert result.returncode != 0 and "set GPUHUB_DOMAIN in .env" in result.stderr, result.stderr
+    (tmp_path / ".env").write_text(example_env_text(GPUHUB_DOMAIN="hub.cs.example.edu"))
+    result = subprocess.run(compose + ["config"], cwd=tmp_path, capture_output=True, text=True,
+                            env=admin_env)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     proxy, hub = config["services"]["proxy"], config["services"]["hub"]
@@ -135,11 +141,25 @@ def test_env_example_documents_every_variable():
         assert j >= 0 and lines[j].startswith("#"), f"{name} in .env.example has no comment above it"
 
 
-def test_env_example_settings_load():
+def example_env(**edits):
+    """.env.example as a dict, with an admin's edits."""
     env = {}
     for line in (REPO / ".env.example").read_text().splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             env[key] = value
-    loaded = settings.load(env)
+    for key in edits:
+        assert key in env, f"{key} is not in .env.example"
+    return {**env, **edits}
+
+
+def example_env_text(**edits):
+    return "".join(f"{k}={v}\n" for k, v in example_env(**edits).items())
+
+
+def test_env_example_settings_load():
+    with pytest.raises(settings.SettingsError) as e:
+        settings.load(example_env())
+    assert "GPUHUB_DOMAIN is not set" in str(e.value)
+    loaded = settings.load(example_env(GPUHUB_DOMAIN="hub.example.edu"))
     assert loaded.public_url == "https://hub.example.edu/"
