@@ -2,7 +2,9 @@
 synced from the provider, the key that encrypts login tokens, and the login page.
 
 Each provider's configuration is a plain function of the settings (`provider_config`),
-so tests check it without Docker or a network; `configure` only applies it.
+so tests check it without Docker or a network. `prepare` does what needs I/O and may
+fail (the checks, OIDC discovery, the crypt key: hub.startup calls it inside its error
+boundary); `apply` only sets configuration; `configure` is the two in a row.
 """
 
 import base64
@@ -12,7 +14,9 @@ import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
+from .secretfiles import read_or_create_secret
 from .settings import SettingsError
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -206,8 +210,6 @@ def crypt_keys(settings, log):
                                   "64 hex digits (openssl rand -hex 32), several separated by "
                                   "';' to rotate, or empty to generate one")])
         return keys
-    from .config import read_or_create_secret  # here: hub.config imports this module
-
     os.makedirs(settings.state_dir, exist_ok=True)
     path = f"{settings.state_dir}/crypt-key"
     if not os.path.exists(path):
@@ -215,7 +217,35 @@ def crypt_keys(settings, log):
     return [read_or_create_secret(path)]
 
 
-def configure(c, settings, log, discover=discover_oidc):
+@dataclass(frozen=True)
+class Login:
+    """What `prepare` found out: the issuer's metadata (oidc) and the CryptKeeper keys."""
+    oidc_metadata: dict = None
+    crypt_keys: tuple = ()
+
+
+def prepare(settings, log, discover=discover_oidc):
+    """Check the login settings, discover the OIDC issuer, read or make the crypt key;
+    raise SettingsError with every problem found (nothing to do for dummy)."""
+    if settings.auth_provider == "dummy":
+        return Login()
+    problems = []
+    try:
+        check(settings)
+    except SettingsError as e:
+        problems += e.problems
+    try:
+        keys = tuple(crypt_keys(settings, log))
+    except SettingsError as e:
+        problems += e.problems
+    if problems:  # discovery needs a checked OIDC_ISSUER, and would only add noise
+        raise SettingsError(problems)
+    meta = discover(settings.oidc_issuer, log) if settings.auth_provider == "oidc" else None
+    return Login(meta, keys)
+
+
+def apply(c, settings, login, log):
+    """Set the authenticator's configuration from the settings and what `prepare` found."""
     c.Authenticator.admin_users = set(settings.admin_users)
     # the lab's name on the login and spawn pages (hub/templates)
     c.JupyterHub.template_paths = [TEMPLATES]
@@ -227,15 +257,18 @@ def configure(c, settings, log, discover=discover_oidc):
         for line in DUMMY_WARNING.strip().splitlines():
             log.warning(line)
         return
-    check(settings)
-    meta = discover(settings.oidc_issuer, log) if settings.auth_provider == "oidc" else None
-    for key, value in provider_config(settings, meta).items():
+    for key, value in provider_config(settings, login.oidc_metadata).items():
         section, trait = key.split(".")
         setattr(getattr(c, section), trait, value)
-    c.CryptKeeper.keys = crypt_keys(settings, log)
+    c.CryptKeeper.keys = list(login.crypt_keys)
     if settings.allow_all:
         log.warning("GPUHUB_ALLOW_ALL=true: everybody %s signs in may log in%s",
                     settings.auth_provider,
                     f" ({', '.join(settings.google_hosted_domain)} only)"
                     if settings.auth_provider == "google" and settings.google_hosted_domain else "")
     log.info("Logins through %s, callback %s", settings.auth_provider, callback_url(settings))
+
+
+def configure(c, settings, log, discover=discover_oidc):
+    """`prepare`, then `apply` (for tests and tools; the hub goes through hub.config)."""
+    apply(c, settings, prepare(settings, log, discover), log)

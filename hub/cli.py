@@ -2,8 +2,11 @@
 
     docker compose exec hub python -m hub.cli gpus [--db-url URL] [--json]
 
-Reads GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS as the
-hub does, and the hub's database from GPUHUB_STATE_DIR (default /srv/jupyterhub).
+Reads GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS through
+hub.settings, as the hub does (and completes the inventory from NVML the same way,
+gpus.inventory), and the hub's database from GPUHUB_STATE_DIR. Only these settings are
+read (`settings.load(only=...)`): a mistake in another one, such as a login setting,
+does not keep an admin from looking at the GPUs.
 """
 
 import argparse
@@ -12,15 +15,12 @@ import logging
 import os
 import sys
 
-from . import gpus
+from . import gpus, settings
+from .gpu_store import GpuAllocator
 
-DEFAULT_STATE_DIR = "/srv/jupyterhub"
-
-
-def default_db_url(environ=None):
-    environ = os.environ if environ is None else environ
-    state_dir = environ.get("GPUHUB_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
-    return f"sqlite:///{state_dir}/jupyterhub.sqlite"
+# the settings the `gpus` command reads; the others are neither read nor required
+GPU_SETTINGS = ("GPUHUB_GPUS", "GPUHUB_GPU_MODE", "GPUHUB_GPU_MAX_USERS",
+                "GPUHUB_GPU_GROUP_CAPS", "GPUHUB_STATE_DIR")
 
 
 def show_gpus(report, out=None):
@@ -37,14 +37,14 @@ def show_gpus(report, out=None):
 
 
 def gpus_command(args, environ=None):
-    db_url = args.db_url or default_db_url(environ)
+    s = settings.load(environ, only=GPU_SETTINGS)
+    db_url = args.db_url or s.db_url
     path = db_url.removeprefix("sqlite:///")
     if db_url.startswith("sqlite:///") and not os.path.exists(path):
         # do not leave an empty database where the hub's should be
         raise SystemExit(f"no hub database at {path}: is this the hub container? "
                          "(or pass --db-url)")
-    inventory = gpus.inventory_from_env(environ)
-    allocator = gpus.GpuAllocator(db_url, inventory, gpus.policy_from_env(environ))
+    allocator = GpuAllocator(db_url, gpus.inventory(s.gpus), s.gpu_policy)
     report = allocator.report()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -64,6 +64,8 @@ def main(argv=None, environ=None):
     args = parser.parse_args(argv)
     try:
         return gpus_command(args, environ)
+    except settings.SettingsError as e:
+        parser.exit(2, "".join(f"{p}\n" for p in e.problems))
     except gpus.GpuConfigError as e:
         parser.exit(2, f"{e}\n")
 

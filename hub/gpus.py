@@ -1,15 +1,15 @@
 """GPUs: the inventory, the sharing policy, and the rules for handing GPUs out.
 
 Plain functions and data only; the database side (who holds which GPU, kept in the hub's
-database so that no GPU is ever double-booked) is `hub.gpu_store.GpuAllocator`, also
-importable from here as `hub.gpus.GpuAllocator`.
+database so that no GPU is ever double-booked) is `hub.gpu_store.GpuAllocator`.
 
-Settings read from the environment (see `inventory_from_env`, `policy_from_env`):
-GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS, GPUHUB_GPU_GROUP_CAPS.
+This module reads no environment: `hub.settings` reads GPUHUB_GPUS, GPUHUB_GPU_MODE,
+GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS with the parsers here (`parse_inventory`,
+`parse_group_caps`, `Policy`), and hub and CLI both complete the inventory with what NVML
+sees through `inventory()`.
 """
 
 import logging
-import os
 import re
 from collections import Counter as _Counter
 from dataclasses import dataclass, field, replace
@@ -104,13 +104,16 @@ class Policy:
     group_caps: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        # the one check of the policy's rules; the messages name the settings they come from
         if self.mode not in MODES:
-            raise GpuConfigError(f"GPU mode {self.mode!r}: expected exclusive or shared")
-        if self.mode == "exclusive" and self.max_users_per_gpu != 1:
-            raise GpuConfigError("an exclusive GPU has one user; max_users_per_gpu must be 1")
+            raise GpuConfigError(f"GPUHUB_GPU_MODE={self.mode!r}: expected exclusive or shared")
         if not 1 <= self.max_users_per_gpu <= MAX_USERS_LIMIT:
-            raise GpuConfigError(f"max_users_per_gpu {self.max_users_per_gpu}: "
-                                 f"expected 1 to {MAX_USERS_LIMIT}")
+            raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={self.max_users_per_gpu!r}: expected a "
+                                 f"number of servers per GPU from 1 to {MAX_USERS_LIMIT}")
+        if self.mode == "exclusive" and self.max_users_per_gpu != 1:
+            raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={self.max_users_per_gpu!r} shares GPUs, "
+                                 "but GPUHUB_GPU_MODE is exclusive: set GPUHUB_GPU_MODE=shared, "
+                                 "or GPUHUB_GPU_MAX_USERS=1")
 
     @property
     def slots(self):
@@ -222,50 +225,32 @@ def merge_nvml(configured, discovered, source, log=log):
     return merged
 
 
-def inventory_from_env(environ=None, log=log):
-    """GPUHUB_GPUS when set (checked against NVML where it works), else what NVML sees."""
-    environ = os.environ if environ is None else environ
-    text = environ.get("GPUHUB_GPUS", "")
-    discovered = discover_nvml(log)
-    if not text.strip():
+def inventory(configured, source="GPUHUB_GPUS", log=log, discover=None):
+    """The hub's GPUs, for the hub and the CLI alike: the `configured` ones (parsed from
+    GPUHUB_GPUS) checked against NVML where it works -- names and memory filled in, a GPU
+    listed twice (by index and by UUID) refused -- or, when none are configured, what NVML
+    sees. `discover` stands in for NVML in tests."""
+    discovered = (discover or discover_nvml)(log)
+    if not configured:
         return discovered
-    return merge_nvml(parse_inventory(text, "GPUHUB_GPUS"), discovered, "GPUHUB_GPUS", log)
+    return merge_nvml(configured, discovered, source, log)
 
 
 # -- the policy --
-def parse_policy(mode="exclusive", max_users="1", group_caps="", source=""):
-    """The policy from the strings of GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS (read in shared
-    mode only; 1 or empty otherwise) and GPUHUB_GPU_GROUP_CAPS ("cs101=4,research=8")."""
-    where = f" in {source}" if source else ""
-    mode_text = (mode or "").strip().lower() or "exclusive"
-    if mode_text not in MODES:
-        raise GpuConfigError(f"GPUHUB_GPU_MODE={mode!r}{where}: expected exclusive or shared")
-    users_text = (max_users or "").strip() or "1"
-    users = int(users_text) if _INDEX.fullmatch(users_text) else 0
-    if not 1 <= users <= MAX_USERS_LIMIT:
-        raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={max_users!r}{where}: expected a number "
-                             f"of servers per GPU from 1 to {MAX_USERS_LIMIT}")
-    if mode_text == "exclusive" and users != 1:
-        raise GpuConfigError(f"GPUHUB_GPU_MAX_USERS={max_users!r}{where} shares GPUs, but "
-                             "GPUHUB_GPU_MODE is exclusive: set GPUHUB_GPU_MODE=shared, "
-                             "or GPUHUB_GPU_MAX_USERS=1")
+def parse_group_caps(text, source="GPUHUB_GPU_GROUP_CAPS"):
+    """{group: n} from text such as "cs101=4,research=8" (separated as the inventory is).
+    Errors name `source`."""
     caps = {}
-    for item in filter(None, re.split(r"\s*,\s*|\s+", (group_caps or "").strip())):
+    for item in filter(None, _SEPARATOR.split((text or "").strip())):
         match = _GROUP_CAP.fullmatch(item)
         if not match:
-            raise GpuConfigError(f"GPUHUB_GPU_GROUP_CAPS{where}: {_shown(item)} is not "
-                                 "group=number (e.g. cs101=4,research=8)")
+            raise GpuConfigError(f"{source}: {_shown(item)} is not group=number "
+                                 "(e.g. cs101=4,research=8)")
         group, number = match.groups()
         if group in caps:
-            raise GpuConfigError(f"GPUHUB_GPU_GROUP_CAPS{where}: group {group!r} has two caps")
+            raise GpuConfigError(f"{source}: group {group!r} has two caps")
         caps[group] = int(number)
-    return Policy(mode_text, users, caps)
-
-
-def policy_from_env(environ=None):
-    environ = os.environ if environ is None else environ
-    return parse_policy(environ.get("GPUHUB_GPU_MODE", ""), environ.get("GPUHUB_GPU_MAX_USERS", ""),
-                        environ.get("GPUHUB_GPU_GROUP_CAPS", ""))
+    return caps
 
 
 # -- the rules, on a snapshot of who holds what --
@@ -332,11 +317,3 @@ def build_report(inventory, policy, holdings):
 def isoformat(moment):
     """ISO 8601 in UTC with a Z, as JupyterHub's own API writes times."""
     return moment.isoformat().replace("+00:00", "Z")
-
-
-def __getattr__(name):
-    # hub.gpus.GpuAllocator without importing SQLAlchemy for the pure functions above
-    if name == "GpuAllocator":
-        from .gpu_store import GpuAllocator
-        return GpuAllocator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,15 @@
-"""Deployment settings, read from the environment (compose passes `.env` through).
+"""Deployment settings: the one reader of the environment (compose passes `.env`
+through) for the hub, the CLI and the tests.
 
-Every setting is defined once, in `SETTINGS` below, with its help text; `.env.example`
-documents the same names (a test keeps the two in step). `load()` checks them all and
-reports every problem at once, each naming its variable, so an admin fixes `.env` in
-one go instead of one restart per typo.
+Every setting is defined once, in `SETTINGS` below, with its parser, its default and its
+help text; `.env.example` documents the same names with the same defaults (tests keep the
+three in step). `load()` checks them all and reports every problem at once, each naming
+its variable, so an admin fixes `.env` in one go instead of one restart per typo.
+
+A new setting: one `Setting(...)` line in `SETTINGS` (a parser below if none fits) and a
+commented line in `.env.example`. A rule that spans several settings goes in `_derive`.
+Start-up checks that need I/O (files, the database, Docker, the network) belong in
+`hub.startup`, not here.
 """
 
 import ipaddress
@@ -11,6 +17,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
+
+from . import gpus
 
 
 class SettingsError(ValueError):
@@ -53,10 +61,11 @@ def port(raw):
 
 
 def integer(raw):
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise ValueError("a whole number") from None
+    value = raw.strip()
+    # ASCII digits only: int() also takes "٣" and "１"
+    if not re.fullmatch(r"-?[0-9]{1,18}", value, re.ASCII):
+        raise ValueError("a whole number")
+    return int(value)
 
 
 def non_negative(raw):
@@ -158,6 +167,19 @@ def non_root(raw):
     return value
 
 
+def lower(raw):
+    return raw.strip().lower()
+
+
+def gpu_list(raw):
+    """GPUHUB_GPUS: the configured GPUs (NVML completes them at start-up: gpus.inventory)."""
+    return tuple(gpus.parse_inventory(raw, "GPUHUB_GPUS"))
+
+
+def group_caps(raw):
+    return gpus.parse_group_caps(raw, "GPUHUB_GPU_GROUP_CAPS")
+
+
 def absolute_path(raw):
     value = raw.strip()
     if not value.startswith("/"):
@@ -173,6 +195,7 @@ class Setting:
     help: str
     attr: str = field(default="")
     secret: bool = False  # never shown: repr(Settings) prints "***" for it
+    empty_is_default: bool = False  # NAME= (empty) means the same as leaving NAME out
 
     @property
     def key(self):
@@ -259,18 +282,22 @@ SETTINGS = (
     Setting("GPUHUB_GROUPS", names, "",
             "JupyterHub groups the catalog and GPU caps may name, created at start-up "
             "(groups synced from the identity provider count too)."),
-    Setting("GPUHUB_GPUS", text, "",
+    Setting("GPUHUB_GPUS", gpu_list, "",
             "GPU inventory: UUIDs or indexes, comma-separated; empty: discover through NVML."),
-    Setting("GPUHUB_GPU_MODE", text, "exclusive",
-            "exclusive (one server per GPU) or shared (up to GPUHUB_GPU_MAX_USERS per GPU)."),
-    Setting("GPUHUB_GPU_MAX_USERS", text, "1", "With GPUHUB_GPU_MODE=shared: servers per GPU."),
-    Setting("GPUHUB_GPU_GROUP_CAPS", text, "",
+    Setting("GPUHUB_GPU_MODE", lower, "exclusive",
+            "exclusive (one server per GPU) or shared (up to GPUHUB_GPU_MAX_USERS per GPU).",
+            empty_is_default=True),
+    Setting("GPUHUB_GPU_MAX_USERS", integer, "1", "With GPUHUB_GPU_MODE=shared: servers per GPU.",
+            empty_is_default=True),
+    Setting("GPUHUB_GPU_GROUP_CAPS", group_caps, "",
             "GPUs the members of a group may hold at once, e.g. cs101=4,research=8."),
-    # -- wiring between containers (compose sets these; change only with it) --
+    # -- wiring between containers: compose sets the URLs and mounts the paths; the
+    # defaults are what docker-compose.yml does, so change them only together with it --
     Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",
             "How user containers and the proxy reach the hub."),
-    Setting("GPUHUB_TRAEFIK_API_URL", url, "http://proxy:8099",
-            "Traefik's API entrypoint, on the control network only."),
+    Setting("GPUHUB_TRAEFIK_API_URL", url, "http://10.254.254.6:8099",
+            "Traefik's API entrypoint: the proxy's address on the control network "
+            "(GPUHUB_PROXY_CONTROL_IP), where no user container reaches it."),
     Setting("GPUHUB_ROUTES_FILE", absolute_path, "/srv/traefik-routes/hub-routes.toml",
             "Dynamic configuration file the hub writes for Traefik's file provider."),
     Setting("GPUHUB_TLS_DIR", absolute_path, "/certs",
@@ -283,7 +310,8 @@ SETTINGS = (
 
 
 class Settings:
-    """Parsed settings; attributes are named after the variables (GPUHUB_ dropped)."""
+    """Parsed settings; attributes are named after the variables (GPUHUB_ dropped), plus
+    what `_derive` makes of several of them (`gpu_policy`)."""
 
     def __init__(self, values):
         self.__dict__.update(values)
@@ -299,29 +327,65 @@ class Settings:
         return f"{self.state_dir}/jupyterhub.sqlite"
 
     @property
+    def db_url(self):
+        return f"sqlite:///{self.database}"
+
+    @property
     def public_url(self):
         port = "" if self.https_port == 443 else f":{self.https_port}"
         return f"https://{self.domain}{port}/"
 
 
 SECRETS = frozenset(setting.key for setting in SETTINGS if setting.secret)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
-def load(environ=None):
-    """Read and check every setting; raise SettingsError naming each bad variable."""
-    environ = os.environ if environ is None else environ
-    values, problems = {}, []
-    for setting in SETTINGS:
-        raw = environ.get(setting.name)
-        if raw is None or (raw.strip() == "" and setting.default is None):
-            if setting.default is None:
-                problems.append(f"{setting.name} is not set: {setting.help}")
-                continue
-            raw = setting.default
+def _parse(setting, environ):
+    """(value, None) or (None, problem) for one setting."""
+    raw = environ.get(setting.name)
+    if raw is None or (raw.strip() == "" and (setting.default is None or setting.empty_is_default)):
+        if setting.default is None:
+            return None, f"{setting.name} is not set: {setting.help}"
+        raw = setting.default
+    try:
+        return setting.parse(raw), None
+    except gpus.GpuConfigError as e:  # a list: the message names the variable and the item
+        return None, str(e)
+    except ValueError as e:
+        return None, f"{setting.name}={raw!r} is not valid: expected {e}"
+
+
+def _derive(values, problems):
+    """Values made of several settings, checked together; only when each part parsed."""
+    parts = ("gpu_mode", "gpu_max_users", "gpu_group_caps")
+    if all(part in values for part in parts):
         try:
-            values[setting.key] = setting.parse(raw)
-        except ValueError as e:
-            problems.append(f"{setting.name}={raw!r} is not valid: expected {e}")
+            values["gpu_policy"] = gpus.Policy(*(values[part] for part in parts))
+        except gpus.GpuConfigError as e:
+            problems.append(str(e))
+
+
+def read(environ=None, only=None):
+    """(Settings, problems): every setting that parsed, and one line per one that did not
+    (its attribute is then missing). `only`: the variable names to read, for a tool that
+    needs a few (the CLI); the others are neither read nor required."""
+    environ = os.environ if environ is None else environ
+    chosen = SETTINGS if only is None else [BY_NAME[name] for name in only]
+    values, problems = {}, []
+    for setting in chosen:
+        value, problem = _parse(setting, environ)
+        if problem:
+            problems.append(problem)
+        else:
+            values[setting.key] = value
+    _derive(values, problems)
+    return Settings(values), problems
+
+
+def load(environ=None, only=None):
+    """Read and check every setting (or those named in `only`); raise SettingsError naming
+    each bad variable."""
+    loaded, problems = read(environ, only)
     if problems:
         raise SettingsError(problems)
-    return Settings(values)
+    return loaded

@@ -315,13 +315,14 @@ def test_template_dockerfile_follows_the_house_rules():
     assert instructions[1] == "FROM $BASE_IMAGE"
     assert instructions[2] == 'SHELL ["/bin/bash", "-o", "pipefail", "-c"]'
     assert instructions[-1] == "USER ${NB_UID}"
-    for arg in ("ARG PIP_INDEX_URL=https://pypi.tuna.tsinghua.edu.cn/simple",
-                "ARG APT_MIRROR=", "ARG EXTRA_CA_BUNDLE="):
+    for arg in ("ARG PIP_INDEX_URL=https://pypi.tuna.tsinghua.edu.cn/simple", "ARG APT_MIRROR="):
         assert arg in instructions
     assert "apt-get install --yes --no-install-recommends" in text
-    assert re.search(r"pip install --no-cache-dir --require-hashes [^\n]*\\\n"
-                     r"\s*-r /tmp/course/requirements.txt", text)
-    assert 'if [ "$before" != "$after" ]' in text
+    # CA certificates, apt mirror and the guarded pip install: the step every image shares
+    assert "RUN gpuhub-image-setup ca /tmp/course/certs \\" in instructions
+    assert ' && gpuhub-image-setup apt-mirror "$APT_MIRROR"' in instructions
+    assert "RUN gpuhub-image-setup pip-install /tmp/course/requirements.txt \\" in instructions
+    assert "EXTRA_CA_BUNDLE" not in text
 
 
 def read_pins(path):
@@ -489,14 +490,24 @@ def test_push_without_a_registry_says_so(project):
     assert "IMAGE_REGISTRY is empty" in result.stderr
 
 
-def test_extra_ca_bundle_reaches_course_builds(project):
-    bundle = project.root / "campus-ca.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    out = project.build("--dry-run", EXTRA_CA_BUNDLE=str(bundle)).stdout
-    assert f'"EXTRA_CA_BUNDLE=$(cat {bundle})"' in out  # the printed script reads the file
-    project.build(EXTRA_CA_BUNDLE=str(bundle))
-    course = project.docker_calls("build")[1]["args"]
-    assert f"EXTRA_CA_BUNDLE={bundle.read_text()}" in build_args(course)
+def test_the_old_extra_ca_bundle_is_refused_naming_certs(project):
+    """One way for CA certificates into every image (certs/*.crt); an .env that still
+    names a bundle stops the build instead of silently building without it."""
+    result = project.build("--dry-run", EXTRA_CA_BUNDLE="/etc/campus-ca.pem", expect=2)
+    assert "EXTRA_CA_BUNDLE is no longer read: put each CA certificate in certs/" in result.stderr
+    assert not project.docker_calls("build")
+
+
+def test_the_base_image_is_rebuilt_when_the_shared_setup_step_changes():
+    """images/common/image-setup is copied into the base image, so it is one of the inputs
+    hashed into its label: a change to it rebuilds the base (and so every course)."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("images_build", str(BUILD))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    base = module.plan(None, dict(module.DEFAULTS), BASE_TAG, None)[0]
+    assert ROOT / "images" / "common" / "image-setup" in base.inputs, base.inputs
 
 
 def test_a_bad_catalog_stops_the_build_naming_the_entry(project):

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import os
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,8 +22,9 @@ from prometheus_client import REGISTRY, generate_latest
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.exc import IntegrityError
 
-from hub import cli, gpu_store, gpus
-from tests.e2e.stack import wait_for
+from hub import cli, gpu_store, gpus, settings
+from hub.gpu_store import GpuAllocator
+from tests.e2e.stack import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 UUIDS = [f"GPU-{i:08x}-aaaa-4bbb-8ccc-{i:012x}" for i in range(1, 9)]
@@ -47,8 +47,8 @@ def db_url(request, tmp_path):
 
 def make(tmp_path, n=4, mode="exclusive", max_users="1", caps="", name="hub.sqlite", url=None):
     inventory = gpus.parse_inventory(",".join(UUIDS[:n]), "test")
-    return gpus.GpuAllocator(url or f"sqlite:///{tmp_path / name}", inventory,
-                             gpus.parse_policy(mode, max_users, caps))
+    return GpuAllocator(url or f"sqlite:///{tmp_path / name}", inventory,
+                        gpus.Policy(mode, int(max_users), gpus.parse_group_caps(caps)))
 
 
 def raw_holders(allocator):
@@ -160,32 +160,42 @@ def test_discover_nvml_with_and_without_a_driver(monkeypatch):
     assert gpus.discover_nvml() == []
 
 
-def test_inventory_from_env(monkeypatch):
+def test_inventory_is_completed_by_nvml_for_hub_and_cli_alike(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml([("GPU-aaaa0000", "Tesla T4", 15360)]))
-    assert gpus.inventory_from_env({}) == [gpus.Gpu(0, "GPU-aaaa0000", "Tesla T4", 15360)]
-    assert gpus.inventory_from_env({"GPUHUB_GPUS": "0"}) == [gpus.Gpu(0, "0", "Tesla T4", 15360)]
-    with pytest.raises(gpus.GpuConfigError, match="^GPUHUB_GPUS: "):
-        gpus.inventory_from_env({"GPUHUB_GPUS": "0,,1"})
+    assert gpus.inventory(()) == [gpus.Gpu(0, "GPU-aaaa0000", "Tesla T4", 15360)]
+    configured = settings.load({"GPUHUB_GPUS": "0"}, only=["GPUHUB_GPUS"]).gpus
+    assert gpus.inventory(configured) == [gpus.Gpu(0, "0", "Tesla T4", 15360)]
+    # listed twice, once by index and once by UUID: only NVML can tell, and it is refused
+    twice = settings.load({"GPUHUB_GPUS": "0,GPU-aaaa0000"}, only=["GPUHUB_GPUS"]).gpus
+    with pytest.raises(gpus.GpuConfigError, match="^GPUHUB_GPUS: '0' and 'GPU-aaaa0000' are the same"):
+        gpus.inventory(twice)
 
 
-# -- the policy --
+# -- the policy, read through hub.settings --
+GPU_POLICY = ["GPUHUB_GPU_MODE", "GPUHUB_GPU_MAX_USERS", "GPUHUB_GPU_GROUP_CAPS"]
+
+
+def policy(mode=None, max_users=None, caps=None):
+    environ = {name: value for name, value in zip(GPU_POLICY, (mode, max_users, caps))
+               if value is not None}
+    return settings.load(environ, only=GPU_POLICY).gpu_policy
+
+
 def test_policy_parsing():
-    assert gpus.parse_policy() == gpus.Policy("exclusive", 1, {})
-    assert gpus.parse_policy("", "", "") == gpus.Policy("exclusive", 1, {})
-    shared = gpus.parse_policy(" Shared ", "3", "cs101=4, research=8\nphd=0")
+    assert policy() == gpus.Policy("exclusive", 1, {})
+    assert policy("", "", "") == gpus.Policy("exclusive", 1, {})
+    shared = policy(" Shared ", "3", "cs101=4, research=8\nphd=0")
     assert shared == gpus.Policy("shared", 3, {"cs101": 4, "research": 8, "phd": 0})
     assert shared.slots == 3
-    assert gpus.policy_from_env({"GPUHUB_GPU_MODE": "shared", "GPUHUB_GPU_MAX_USERS": "2",
-                                 "GPUHUB_GPU_GROUP_CAPS": "a=1"}) == gpus.Policy("shared", 2, {"a": 1})
 
 
 @pytest.mark.parametrize("args, message", [
     (("sharing", "1", ""), "GPUHUB_GPU_MODE='sharing': expected exclusive or shared"),
-    (("shared", "0", ""), "GPUHUB_GPU_MAX_USERS='0': expected a number"),
+    (("shared", "0", ""), "GPUHUB_GPU_MAX_USERS=0: expected a number of servers per GPU"),
     (("shared", "three", ""), "GPUHUB_GPU_MAX_USERS='three'"),
     (("shared", "65", ""), "from 1 to 64"),
     (("shared", "٣", ""), "GPUHUB_GPU_MAX_USERS='٣'"),
-    (("exclusive", "3", ""), "GPUHUB_GPU_MAX_USERS='3' shares GPUs, but GPUHUB_GPU_MODE is exclusive"),
+    (("exclusive", "3", ""), "GPUHUB_GPU_MAX_USERS=3 shares GPUs, but GPUHUB_GPU_MODE is exclusive"),
     (("shared", "2", "cs101:4"), "GPUHUB_GPU_GROUP_CAPS: 'cs101:4' is not group=number"),
     (("shared", "2", "=4"), "GPUHUB_GPU_GROUP_CAPS: '=4'"),
     (("shared", "2", "cs101="), "'cs101='"),
@@ -194,9 +204,9 @@ def test_policy_parsing():
     (("shared", "2", "x=1;DROP TABLE groups"), "is not group=number"),
 ])
 def test_bad_policies_name_the_variable_and_value(args, message):
-    with pytest.raises(gpus.GpuConfigError) as e:
-        gpus.parse_policy(*args)
-    assert message in str(e.value)
+    with pytest.raises(settings.SettingsError) as e:
+        policy(*args)
+    assert len(e.value.problems) == 1 and message in e.value.problems[0], e.value.problems
 
 
 def test_policy_objects_are_checked_too():
@@ -323,7 +333,7 @@ def test_gpus_removed_from_the_inventory_are_released(tmp_path, caplog):
     a = make(tmp_path, n=3)
     for user in ("ada", "bob", "cy"):
         a.allocate(user, "", 1)
-    smaller = gpus.GpuAllocator(a.engine.url.render_as_string(), a.inventory[:2], a.policy)
+    smaller = GpuAllocator(a.engine.url.render_as_string(), a.inventory[:2], a.policy)
     report = smaller.report()
     assert report["gpus"][-1]["uuid"] == UUIDS[2] and not report["gpus"][-1]["in_inventory"]
     with caplog.at_level("WARNING", logger="hub.gpu_store"):
@@ -335,7 +345,7 @@ def test_gpus_removed_from_the_inventory_are_released(tmp_path, caplog):
 
 def test_holdings_are_in_index_order_with_aware_utc_times(tmp_path):
     inventory = gpus.parse_inventory("10,2,GPU-0000abcd", "test")  # indexes 10, 2 and 2 (position)
-    a = gpus.GpuAllocator(f"sqlite:///{tmp_path}/h.sqlite", inventory, gpus.Policy())
+    a = GpuAllocator(f"sqlite:///{tmp_path}/h.sqlite", inventory, gpus.Policy())
     for user in ("u1", "u2", "u3"):
         a.allocate(user, "", 1)
     held = a.holdings()
@@ -457,7 +467,7 @@ def test_schema_version_guards_and_the_migration_from_schema_1(tmp_path):
 
 def test_an_in_memory_database_is_refused():
     with pytest.raises(gpus.GpuConfigError, match="in-memory"):
-        gpus.GpuAllocator("sqlite://", [], gpus.Policy())
+        GpuAllocator("sqlite://", [], gpus.Policy())
 
 
 # -- metrics --
@@ -528,8 +538,8 @@ def test_forty_threads_racing_for_four_gpus(tmp_path, db_url, mode, max_users):
 
 def process_worker(db_url, mode, max_users, users, barrier, queue):
     # one hub process among several: its own allocator, engine and connections
-    allocator = gpus.GpuAllocator(db_url, gpus.parse_inventory(",".join(UUIDS[:4]), "test"),
-                                  gpus.parse_policy(mode, max_users))
+    allocator = GpuAllocator(db_url, gpus.parse_inventory(",".join(UUIDS[:4]), "test"),
+                             gpus.Policy(mode, int(max_users)))
     local = threading.Barrier(len(users), action=lambda: barrier.wait(timeout=60))
     queue.put(race(allocator, users, local))
 
@@ -593,17 +603,12 @@ def test_a_group_cap_holds_under_concurrency(tmp_path, db_url):
 
 
 # -- the admin REST endpoint, in a real JupyterHub --
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 HUB_CONFIG = """
 import sys
 sys.path.insert(0, {repo!r})
 from jupyterhub.proxy import Proxy
 from hub import gpus
+from hub.gpu_store import GpuAllocator
 from hub.gpu_api import GpuAllocationsHandler
 
 
@@ -631,8 +636,8 @@ c.JupyterHub.services = [{{"name": "gpu-admin", "api_token": {admin!r}}},
                          {{"name": "nosy", "api_token": {nosy!r}}}]
 c.JupyterHub.load_roles = [{{"name": "gpu-admin", "scopes": ["admin:users", "read:metrics"],
                              "services": ["gpu-admin"]}}]
-allocator = gpus.GpuAllocator({db_url!r}, gpus.parse_inventory({inventory!r}, "test"),
-                              gpus.parse_policy("shared", "2"))
+allocator = GpuAllocator({db_url!r}, gpus.parse_inventory({inventory!r}, "test"),
+                         gpus.Policy("shared", 2))
 c.JupyterHub.tornado_settings = {{"gpuhub_allocator": allocator}}
 c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
 """
@@ -650,8 +655,8 @@ def get(url, token=None):
 def test_admins_get_the_allocations_from_the_rest_api(tmp_path):
     pytest.importorskip("jupyterhub")
     db_url = f"sqlite:///{tmp_path}/jupyterhub.sqlite"
-    a = gpus.GpuAllocator(db_url, gpus.parse_inventory(",".join(UUIDS[:2]), "test"),
-                          gpus.parse_policy("shared", "2"))
+    a = GpuAllocator(db_url, gpus.parse_inventory(",".join(UUIDS[:2]), "test"),
+                     gpus.Policy("shared", 2))
     a.allocate("ada", "", 1)
     a.allocate("bob", "lab", 1)
     a.allocate("cy", "", 1)
@@ -735,4 +740,5 @@ def test_cli_runs_as_a_module_with_the_default_database(tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["in_use"] == 1 and report["gpus"][0]["holders"][0]["user"] == "ada"
-    assert cli.default_db_url({}) == "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
+    assert settings.load({}, only=cli.GPU_SETTINGS).db_url == \
+        "sqlite:////srv/jupyterhub/jupyterhub.sqlite"

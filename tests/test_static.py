@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from hub import settings
 from tests.e2e.stack import copy_repository
@@ -143,11 +144,7 @@ def test_env_example_documents_every_variable():
 
 def example_env(**edits):
     """.env.example as a dict, with an admin's edits."""
-    env = {}
-    for line in (REPO / ".env.example").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
+    env = dict(dotenv_values(REPO / ".env.example"))
     for key in edits:
         assert key in env, f"{key} is not in .env.example"
     return {**env, **edits}

@@ -234,6 +234,15 @@ class Stack:
         wait_for(lambda: self.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"),
                  timeout, f"{user}'s server to be ready")
 
+    def refused_start(self, user, course):
+        """Ask to start `user`'s server with `course` as the user's spawn form would; check
+        that it is refused with 403 and nothing starts; return the refusal's message."""
+        assert self.api("POST", f"/users/{user}").status_code in (201, 409)
+        r = self.api("POST", f"/users/{user}/server", json={"course": course})
+        assert r.status_code == 403, r.text
+        assert self.user_container(user) is None, f"{user}'s refused server started"
+        return r.json()["message"]
+
     def stop_server(self, user, timeout=120):
         r = self.api("DELETE", f"/users/{user}/server")
         assert r.status_code in (202, 204), f"stop {user}: {r.status_code} {r.text}"

@@ -98,7 +98,7 @@ def test_out_of_gpus_is_a_clear_refusal_and_nothing_starts(gpu_stack):
     s = gpu_stack
     assert s.api("POST", "/users/late").status_code in (201, 409)
     r = s.api("POST", "/users/late/server", json={"course": "deep-learning"})
-    assert r.status_code >= 400, r.text
+    assert r.status_code == 503, r.text  # the spawner's refusal: try again later
     message = r.json()["message"]
     assert "3" in message and "GPU" in message and "CPU" in message, message
     wait_for(lambda: "" not in s.api("GET", "/users/late").json()["servers"], 30, "the failed server to clear")
@@ -113,17 +113,14 @@ def test_out_of_gpus_is_a_clear_refusal_and_nothing_starts(gpu_stack):
 
 def test_a_course_the_user_may_not_see_is_refused(gpu_stack):
     s = gpu_stack
-    assert s.api("POST", "/users/nosy").status_code in (201, 409)
-    r = s.api("POST", "/users/nosy/server", json={"course": "no-such-course"})
-    assert r.status_code == 403 or "not offered" in r.text, r.text
-    assert s.user_container("nosy") is None
+    assert "'no-such-course' is not offered to nosy" in s.refused_start("nosy", "no-such-course")
 
 
 def test_stopped_gpu_is_reused_and_allocations_survive_a_hub_restart(gpu_stack):
     s = gpu_stack
     freed = device_ids(s.user_container("gpu1"))[0][0]
     s.stop_server("gpu1")
-    assert freed not in holders(s) or holders(s)[freed] == []
+    assert holders(s)[freed] == []
     s.start_server("late", course="deep-learning")
     assert device_ids(s.user_container("late"))[0] == [freed]
 
@@ -157,8 +154,10 @@ def test_sigkill_during_a_burst_leaks_no_gpu(gpu_stack):
     # let spawns that JupyterHub resumes or abandons settle, then compare
     wait_for(lambda: (lambda h, r: h == r)(*allocations_match_containers(s)), 120,
              "GPU allocations to match exactly the containers that run")
+    # and no GPU reached two containers: the device requests Docker got are disjoint
     held, running = allocations_match_containers(s)
-    assert sum(len(v) for v in held.values()) <= len(GPUS)
+    given = [uuid for ids in running.values() for uuid in ids]
+    assert len(given) == len(set(given)), running
 
 
 def test_admins_see_holders_in_the_cli_and_metrics(gpu_stack):

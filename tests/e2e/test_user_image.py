@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import requests
 
-from .stack import copy_repository, free_port, wait_for
+from .stack import RUN_ID, copy_repository, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -19,13 +19,15 @@ MIRROR = "https://pypi.org/simple"  # the TUNA default is unreachable here
 def user_image(tmp_path_factory, docker_client, standin_bases):
     context = tmp_path_factory.mktemp("user-image")
     copy_repository(context)
-    tag = "gpuhub-test/tensorflow-2.9-gpu:image-test"
+    tag = f"gpuhub-test/tensorflow-2.9-gpu:image-test{RUN_ID}"
     subprocess.run(
         ["docker", "build", "-q", "-f", "images/tensorflow-2.9-gpu/Dockerfile",
          "--build-arg", "BASE_IMAGE=gpuhub-standin/tf-gpu-jupyter:test",
          "--build-arg", "REQUIREMENTS=tests/images/tensorflow-2.9-gpu/requirements-standin.txt",
          "--build-arg", f"PIP_INDEX_URL={MIRROR}",
          "--build-arg", "LOCK_SHA256=0123abcd",
+         # the stand-in base has no TensorFlow; the build checks that this is true
+         "--build-arg", "TF_VERSION=none",
          "-t", tag, "."], cwd=context, check=True, capture_output=True, timeout=900)
     yield tag
 
@@ -80,6 +82,11 @@ def test_students_pip_uses_the_build_mirror(running):
 
 def test_image_labels_describe_it(docker_client, user_image):
     labels = docker_client.images.get(user_image).labels
-    assert labels["org.gpuhub.tensorflow-version"] == "2.9.3"
+    # the label names the TensorFlow that is really installed ("none" on the stand-in base,
+    # which has none), not merely what the build was told
+    installed = docker_client.containers.run(
+        user_image, ["python3", "-c", "import importlib.metadata as m\ntry: print(m.version('tensorflow'))\n"
+                     "except m.PackageNotFoundError: print('none')"], remove=True).decode().strip()
+    assert labels["org.gpuhub.tensorflow-version"] == installed
     assert labels["org.gpuhub.lock-sha256"] == "0123abcd"
     assert labels["org.opencontainers.image.source"]

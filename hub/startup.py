@@ -1,0 +1,159 @@
+"""Start-up work that needs I/O, inside one error boundary.
+
+`prepare(settings, problems, log)` runs every step the hub needs before it can be
+configured: the TLS certificate, the Traefik API password, the login (checks, OIDC
+discovery, crypt key), the course catalog, the known groups, the GPU inventory and its
+allocations. A step that fails adds its problems (each naming its variable, file or
+field) to `problems` and the next step runs anyway, so the admin sees every problem in
+one message (hub.config prints it and exits once). A step whose settings did not parse
+is skipped: those settings are already in `problems`.
+
+A new start-up step: a function `_step_x(settings, ready, log)` here, added to `STEPS`
+with the settings it needs; it raises one of `ERRORS` for a problem an admin can fix and
+lets anything else (a bug, a full disk) through as a traceback.
+"""
+
+import os
+from dataclasses import dataclass
+
+import docker
+from sqlalchemy import create_engine, inspect, select
+
+from . import auth, courses, gpus, tls
+from .gpu_store import GpuAllocator
+from .secretfiles import read_or_create_secret
+from .settings import SettingsError
+
+# the problems an admin can fix; each carries a message naming the variable, file or field
+ERRORS = (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError)
+
+
+@dataclass
+class Ready:
+    """What the steps produced, for hub.config to apply."""
+    certificate: tuple = None  # (cert, key) paths, or None with letsencrypt
+    traefik_api_password: str = ""
+    login: auth.Login = None
+    catalog: courses.Catalog = None
+    groups: frozenset = frozenset()  # known group names: GPUHUB_GROUPS and the database's
+    inventory: tuple = ()
+    allocator: GpuAllocator = None
+
+
+def problems_of(error):
+    """The lines of one error: SettingsError and CatalogError carry several."""
+    return list(getattr(error, "problems", None) or [str(error)])
+
+
+def known_groups(configured, database):
+    """Groups a catalog or a GPU cap may name: configured ones and those already in the
+    hub's database (e.g. synced from the identity provider at earlier logins).
+
+    Read through JupyterHub's own ORM model (its table and column names) on a plain
+    engine: jupyterhub.orm.new_session_factory would create or upgrade the schema before
+    JupyterHub itself does. A fresh database has no groups table yet: then none."""
+    from jupyterhub import orm  # the hub's heavy import, needed only here
+
+    names = set(configured)
+    if not os.path.exists(database):
+        return frozenset(names)  # first start: create nothing before JupyterHub does
+    engine = create_engine(f"sqlite:///{database}")
+    try:
+        if inspect(engine).has_table(orm.Group.__tablename__):
+            with engine.connect() as conn:
+                names |= set(conn.execute(select(orm.Group.name)).scalars())
+    finally:
+        engine.dispose()
+    return frozenset(names)
+
+
+def running_servers(prefix):
+    """(user, server) of every user container of this hub that really runs."""
+    client = docker.from_env()
+    return {(c.labels["org.gpuhub.user"], c.labels.get("org.gpuhub.server", ""))
+            for c in client.containers.list(filters={"label": "org.gpuhub.user"})
+            if c.name.startswith(f"{prefix}-")}
+
+
+# -- the steps, in order; each reads `settings` and fills in `ready` --
+def _step_tls(s, ready, log):
+    ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
+
+
+def _step_state(s, ready, log):
+    os.makedirs(s.state_dir, exist_ok=True)
+    ready.traefik_api_password = read_or_create_secret(f"{s.state_dir}/traefik-api-password")
+
+
+def _step_login(s, ready, log):
+    ready.login = auth.prepare(s, log)
+
+
+def _step_catalog(s, ready, log):
+    if s.catalog:
+        ready.catalog = courses.load_catalog(s.catalog)
+
+
+def _step_groups(s, ready, log):
+    ready.groups = known_groups(s.groups, s.database)
+    if ready.catalog:
+        courses.check_groups(ready.catalog, ready.groups)
+        log.info("Courses from %s: %s", s.catalog,
+                 ", ".join(c.slug for c in ready.catalog.courses))
+
+
+def _step_gpus(s, ready, log):
+    problems = [f"GPUHUB_GPU_GROUP_CAPS: group {group!r} does not exist (add it to GPUHUB_GROUPS)"
+                for group in s.gpu_policy.group_caps if group not in ready.groups]
+    ready.inventory = tuple(gpus.inventory(s.gpus, log=log))
+    gpu_courses = [c.slug for c in ready.catalog.courses if c.gpus] if ready.catalog else []
+    if gpu_courses and not ready.inventory:
+        problems.append(f"courses {', '.join(gpu_courses)} want GPUs, but there are none: list "
+                        "them in GPUHUB_GPUS (nvidia-smi -L) or let the hub see them through NVML")
+    if problems:
+        raise SettingsError(problems)
+    for gpu in ready.inventory:
+        log.info("GPU %s: %s %s %s", gpu.index, gpu.uuid, gpu.name,
+                 f"{gpu.memory_mib} MiB" if gpu.memory_mib else "")
+
+
+def _step_allocations(s, ready, log):
+    """Open the GPU tables and free what no running container holds (a crash mid-spawn
+    leaks nothing). It writes to the database: only when every other step succeeded."""
+    if not ready.inventory:
+        return
+    policy = s.gpu_policy
+    ready.allocator = GpuAllocator(s.db_url, ready.inventory, policy)
+    for stale in ready.allocator.reconcile(running_servers(s.container_prefix)):
+        log.warning("GPU %s released from %s/%s: its server is not running",
+                    stale.gpu_uuid, stale.user, stale.server_name)
+    log.info("GPUs: %s, policy %s (max %s per GPU), %s held", len(ready.inventory),
+             policy.mode, policy.slots, ready.allocator.summary()["in_use"])
+
+
+_LOGIN = ("auth_provider", "oauth_client_id", "oauth_client_secret", "oidc_issuer",
+          "allowed_users", "allowed_groups", "admin_groups", "allow_all", "crypt_key",
+          "state_dir")
+# (step, the settings it reads, whether it runs only when nothing failed before it)
+STEPS = (
+    (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir"), False),
+    (_step_state, ("state_dir",), False),
+    (_step_login, _LOGIN, False),
+    (_step_catalog, ("catalog",), False),
+    (_step_groups, ("groups", "state_dir", "catalog"), False),
+    (_step_gpus, ("gpus", "gpu_policy"), False),
+    (_step_allocations, ("state_dir", "container_prefix", "gpu_policy"), True),
+)
+
+
+def prepare(settings, problems, log, steps=STEPS):
+    """Run every step; add what goes wrong to `problems`. Returns the Ready values."""
+    ready = Ready()
+    for step, needs, only_if_clean in steps:
+        if not all(hasattr(settings, name) for name in needs) or (only_if_clean and problems):
+            continue
+        try:
+            step(settings, ready, log)
+        except ERRORS as e:
+            problems.extend(problems_of(e))
+    return ready
