@@ -4,11 +4,14 @@ import glob
 import os
 
 from hub.config import apply
+from hub.logscrub import LOGGING_CONFIG
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
 # structured logs are easier to read in `docker compose logs`
 c.JupyterHub.log_datefmt = "%Y-%m-%d %H:%M:%S"
+# no OAuth code, state or token in any log line (tornado's error warnings print whole URIs)
+c.JupyterHub.logging_config = LOGGING_CONFIG
 
 apply(c)
 

@@ -13,24 +13,31 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from . import logout, names
 from .secretfiles import read_or_create_secret
 from .settings import SettingsError
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 OAUTH_CLASSES = {"github": "GitHubOAuthenticator", "gitlab": "GitLabOAuthenticator",
                  "google": "GoogleOAuthenticator", "oidc": "GenericOAuthenticator"}
-# entry-point names JupyterHub knows the classes by
-AUTHENTICATOR_NAMES = {"github": "github", "gitlab": "gitlab", "google": "google",
-                       "oidc": "generic-oauth"}
+# the classes, with gpuhub's one form of user name and its logout (hub/authenticators.py)
+AUTHENTICATOR_NAMES = {p: f"hub.authenticators.Gpuhub{cls}" for p, cls in OAUTH_CLASSES.items()}
+DUMMY_CLASS = "hub.authenticators.GpuhubDummyAuthenticator"
+DUMMY_MIN_PASSWORD = 16
+# the claim each provider's user names come from, and whether its owner may change it
+# (docs/security.md, "User names"): admins named on a changeable claim get a warning
+NAME_CLAIMS = {"github": ("login", True), "gitlab": ("username", True),
+               "google": ("email", False)}
 
 DUMMY_WARNING = """
 **********************************************************************
 *  AUTH_PROVIDER=dummy: DEVELOPMENT AUTHENTICATOR. Anyone who knows  *
-*  the shared password (or any password, if it is empty) can log in  *
-*  as ANY user name. Never use it on a reachable host.               *
+*  the shared password can log in as ANY user name. Never use it on  *
+*  a reachable host.                                                 *
 **********************************************************************"""
 
 
@@ -68,6 +75,28 @@ def check(settings):
                         "or GOOGLE_HOSTED_DOMAIN with GPUHUB_ALLOW_ALL=true")
     if problems:
         raise SettingsError(problems)
+
+
+def check_names(settings, log):
+    """Names in the settings that no login could ever give (SettingsError), and admins
+    granted by a name the provider lets its owner change (a warning)."""
+    s = settings
+    bad = [f"{var} names {name!r}, which is not a valid user name here "
+           f"({names.describe(s.username_pattern)}; see GPUHUB_USERNAME_PATTERN)"
+           for var, values in (("GPUHUB_ADMIN_USERS", s.admin_users),
+                               ("GPUHUB_ALLOWED_USERS", s.allowed_users))
+           for name in values if not names.valid_username(names.normalize(name), s.username_pattern)]
+    if bad:
+        raise SettingsError(bad)
+    claim, mutable = NAME_CLAIMS.get(s.auth_provider, (s.oidc_username_claim, True))
+    if s.auth_provider == "oidc":
+        mutable = claim != "sub"  # sub is the one claim OpenID Connect promises is stable
+    if s.admin_users and mutable and s.auth_provider != "dummy":
+        log.warning("GPUHUB_ADMIN_USERS grants admin rights by user name, which comes from the "
+                    "%s claim %r: its owner may be able to change it and so take another "
+                    "name. Prefer GPUHUB_ADMIN_GROUPS%s (docs/security.md, User names).",
+                    s.auth_provider, claim,
+                    ", or OIDC_USERNAME_CLAIM=sub" if s.auth_provider == "oidc" else "")
 
 
 def github_groups(auth_state):
@@ -136,6 +165,9 @@ def provider_config(settings, oidc_metadata=None):
         })
     elif s.auth_provider == "google":
         config.update({f"{cls}.hosted_domain": list(s.google_hosted_domain)})
+    if s.auth_provider != "oidc":
+        config[f"{cls}.provider_logout"] = logout.provider_logout(
+            s.auth_provider, gitlab_url=s.gitlab_url)
     elif s.auth_provider == "oidc":
         meta = oidc_metadata
         config.update({
@@ -149,6 +181,12 @@ def provider_config(settings, oidc_metadata=None):
             f"{cls}.allowed_groups": set(s.allowed_groups),
             f"{cls}.admin_groups": set(s.admin_groups),
         })
+        if meta.get("end_session_endpoint"):
+            # logout ends the provider's session too; register this URL with the provider
+            # as a post-logout redirect URI
+            config[f"{cls}.provider_logout"] = logout.provider_logout(
+                "oidc", meta["end_session_endpoint"], s.oauth_client_id,
+                urllib.parse.urljoin(callback_url(s), "login"))
         if meta.get("userinfo_endpoint"):
             config[f"{cls}.userdata_url"] = meta["userinfo_endpoint"]
         else:  # no userinfo endpoint: the claims come from the ID token instead
@@ -226,10 +264,22 @@ class Login:
 
 def prepare(settings, log, discover=discover_oidc):
     """Check the login settings, discover the OIDC issuer, read or make the crypt key;
-    raise SettingsError with every problem found (nothing to do for dummy)."""
-    if settings.auth_provider == "dummy":
-        return Login()
+    raise SettingsError with every problem found (for dummy: its password and the names)."""
     problems = []
+    try:
+        check_names(settings, log)
+    except SettingsError as e:
+        problems += e.problems
+    if settings.auth_provider == "dummy":
+        if len(settings.dummy_password) < DUMMY_MIN_PASSWORD:
+            # the value is a secret: never echo it
+            problems.append(
+                f"GPUHUB_DUMMY_PASSWORD must have at least {DUMMY_MIN_PASSWORD} characters "
+                f"with AUTH_PROVIDER=dummy (it has {len(settings.dummy_password)}): everyone "
+                "who knows it can log in as any user, e.g. openssl rand -hex 12")
+        if problems:
+            raise SettingsError(problems)
+        return Login()
     try:
         check(settings)
     except SettingsError as e:
@@ -249,8 +299,11 @@ def apply(c, settings, login, log):
     c.Authenticator.admin_users = set(settings.admin_users)
     # the lab's name on the login and spawn pages (hub/templates)
     c.JupyterHub.template_paths = [TEMPLATES]
+    # one form of user name (hub/names.py), checked at every login and user creation
+    c.Authenticator.username_pattern = settings.username_pattern
+    c.GpuhubAuthenticator.lab_name = settings.lab_name
     if settings.auth_provider == "dummy":
-        c.JupyterHub.authenticator_class = "dummy"
+        c.JupyterHub.authenticator_class = DUMMY_CLASS
         c.DummyAuthenticator.password = settings.dummy_password
         # JupyterHub 5 lets nobody in by default; this mode is explicitly "anybody".
         c.Authenticator.allow_all = True

@@ -34,7 +34,8 @@ def update_hub(c, s, ready):
 
 def update_proxy(c, s, ready):
     # Traefik runs in its own container and reads the routes the hub writes to a file.
-    c.JupyterHub.proxy_class = "traefik_file"
+    # jupyterhub-traefik-proxy's file provider, refusing routes with rule syntax (hub/proxy.py)
+    c.JupyterHub.proxy_class = "hub.proxy.GpuhubTraefikProxy"
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = s.routes_file
     c.TraefikFileProviderProxy.traefik_api_url = s.traefik_api_url
@@ -99,7 +100,8 @@ def update_services(c, s, ready):
 
 
 def update_pages(c, s, ready):
-    c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name}
+    c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name,
+                                  "gpuhub_dev_login": s.auth_provider == "dummy"}
 
 
 UPDATES = (update_hub, update_proxy, update_auth, update_spawner, update_services, update_pages)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from . import gpus
+from .names import DEFAULT_PATTERN as USERNAME_PATTERN, DEFAULT_RULE as USERNAME_RULE
 
 
 class SettingsError(ValueError):
@@ -148,6 +149,15 @@ def names(raw):
     return tuple(seen)
 
 
+def regex(raw):
+    value = raw.strip()
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"a regular expression ({e})") from None
+    return value
+
+
 def choice(*options):
     def parse(raw):
         value = raw.strip().lower()
@@ -215,11 +225,16 @@ SETTINGS = (
             attr="tls_mode"),
     # -- who logs in --
     Setting("AUTH_PROVIDER", choice(*AUTH_PROVIDERS), None,
-            "github, gitlab, google, oidc; or dummy (development only, any password).",
+            "github, gitlab, google, oidc; or dummy (development only: one shared password, "
+            "GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example starts no hub.",
             attr="auth_provider"),
+    Setting("GPUHUB_USERNAME_PATTERN", regex, USERNAME_PATTERN,
+            "Regular expression every user name must match as a whole, after the provider's "
+            "name is normalised (NFKC, lower case); the default allows " + USERNAME_RULE
+            + ". Others are refused at login (hub/names.py)."),
     Setting("GPUHUB_ADMIN_USERS", names, "", "User names with admin rights, comma-separated."),
     Setting("GPUHUB_DUMMY_PASSWORD", text, "",
-            "With AUTH_PROVIDER=dummy: the shared password (empty accepts any).", secret=True),
+            "With AUTH_PROVIDER=dummy: the shared password, at least 16 characters.", secret=True),
     Setting("GPUHUB_ALLOWED_USERS", names, "",
             "User names that may log in, comma-separated (as the provider names them)."),
     Setting("GPUHUB_ALLOWED_GROUPS", names, "",

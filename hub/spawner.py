@@ -9,12 +9,15 @@ import asyncio
 import html
 import inspect
 
+import docker
 from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any, Dict, Float, default
 
+from . import imagerefs, names
 from .gpus import GroupCapReached, NoGpuAvailable
+from .names import template_literal
 
 
 def host_config(spawner):
@@ -37,9 +40,11 @@ def create_kwargs(spawner):
     tell at start-up which allocations still have a running server (see gpus.reconcile)."""
     return {
         "user": spawner.container_user,
+        # DockerSpawner renders templates into these strings: braces doubled, so a name
+        # comes out as it is (hub/names.py)
         "labels": {
-            "org.gpuhub.user": spawner.user.name,
-            "org.gpuhub.server": spawner.name or "",
+            "org.gpuhub.user": template_literal(spawner.user.name),
+            "org.gpuhub.server": template_literal(spawner.name or ""),
         },
     }
 
@@ -126,6 +131,22 @@ class GpuhubSpawner(DockerSpawner):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.gpus = []
+
+    @default("escape")
+    def _default_escape(self):
+        # container and volume names: DockerSpawner's names, one-to-one (hub/names.py)
+        return names.docker_name_part
+
+    async def pull_image(self, image):
+        """Pull only from a registry the reference names; a missing image without one is
+        an error naming it and `make images` (hub/imagerefs.py), catalog images too."""
+        if imagerefs.registry(image) is None:
+            try:
+                await self.docker("inspect_image", image)
+                return
+            except docker.errors.NotFound:
+                raise web.HTTPError(500, imagerefs.missing_image_message(image)) from None
+        return await super().pull_image(image)
 
     @default("extra_host_config")
     def _default_extra_host_config(self):

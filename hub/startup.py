@@ -133,7 +133,7 @@ def _step_allocations(s, ready, log):
 
 _LOGIN = ("auth_provider", "oauth_client_id", "oauth_client_secret", "oidc_issuer",
           "allowed_users", "allowed_groups", "admin_groups", "allow_all", "crypt_key",
-          "state_dir")
+          "state_dir", "username_pattern", "admin_users", "dummy_password", "oidc_username_claim")
 # (step, the settings it reads, whether it runs only when nothing failed before it)
 STEPS = (
     (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir"), False),

@@ -40,7 +40,7 @@ def test_github_organisations_and_teams(tmp_path):
     s = load(tmp_path, AUTH_PROVIDER="github", GPUHUB_ALLOWED_GROUPS="ml-lab, ml-lab:cs101",
              GPUHUB_ADMIN_GROUPS="ML-Lab:Staff", GPUHUB_ADMIN_USERS="ada")
     c = configure(s)
-    assert c.JupyterHub.authenticator_class == "github"
+    assert c.JupyterHub.authenticator_class == auth.AUTHENTICATOR_NAMES["github"]
     gh = c.GitHubOAuthenticator
     assert gh.allowed_organizations == {"ml-lab", "ml-lab:cs101"}
     assert gh.admin_groups == {"ml-lab:staff"}
@@ -61,7 +61,7 @@ def test_gitlab_groups_from_userinfo(tmp_path):
              GPUHUB_ALLOWED_GROUPS="teaching/cs101", GPUHUB_ADMIN_GROUPS="teaching/staff")
     c = configure(s)
     gl = c.GitLabOAuthenticator
-    assert c.JupyterHub.authenticator_class == "gitlab"
+    assert c.JupyterHub.authenticator_class == auth.AUTHENTICATOR_NAMES["gitlab"]
     assert gl.gitlab_url == "https://git.example.edu"
     assert gl.allowed_groups == {"teaching/cs101"} and gl.admin_groups == {"teaching/staff"}
     assert gl.auth_state_groups_key == "gitlab_groups" and "openid" in gl.scope
@@ -83,7 +83,7 @@ def test_google_hosted_domain_and_allow_all(tmp_path):
     s = load(tmp_path, AUTH_PROVIDER="google", GOOGLE_HOSTED_DOMAIN="uni.example.edu",
              GPUHUB_ALLOW_ALL="true")
     c = configure(s)
-    assert c.JupyterHub.authenticator_class == "google"
+    assert c.JupyterHub.authenticator_class == auth.AUTHENTICATOR_NAMES["google"]
     assert c.GoogleOAuthenticator.hosted_domain == ["uni.example.edu"]
     assert c.Authenticator.allow_all is True
     # no group source without a Workspace service account: groups stay the hub's own
@@ -106,7 +106,7 @@ def test_oidc_endpoints_claims_and_groups(tmp_path):
              OAUTH_CALLBACK_URL="https://hub.example.edu:8443/hub/oauth_callback")
     c = configure(s)
     g = c.GenericOAuthenticator
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert c.JupyterHub.authenticator_class == "hub.authenticators.GpuhubGenericOAuthenticator"
     assert (g.authorize_url, g.token_url, g.userdata_url) == (
         METADATA["authorization_endpoint"], METADATA["token_endpoint"], METADATA["userinfo_endpoint"])
     assert g.username_claim == "preferred_username"
@@ -146,8 +146,9 @@ def test_missing_client_and_issuer_are_all_named(tmp_path):
 
 
 def test_dummy_needs_no_allow_rule_and_keeps_its_warning(tmp_path):
-    c = configure(load(tmp_path, AUTH_PROVIDER="dummy", OAUTH_CLIENT_ID=""))
-    assert c.JupyterHub.authenticator_class == "dummy" and c.Authenticator.allow_all is True
+    c = configure(load(tmp_path, AUTH_PROVIDER="dummy", OAUTH_CLIENT_ID="",
+                       GPUHUB_DUMMY_PASSWORD="a" * 16))
+    assert c.JupyterHub.authenticator_class == auth.DUMMY_CLASS and c.Authenticator.allow_all is True
     assert "enable_auth_state" not in c.Authenticator
     assert c.JupyterHub.template_paths == [auth.TEMPLATES]
 
@@ -228,8 +229,8 @@ def test_real_authenticator_classes_accept_the_configuration(tmp_path, provider)
              GPUHUB_ALLOWED_USERS="ada", GPUHUB_ALLOWED_GROUPS="" if provider == "google" else "cs101",
              GPUHUB_ADMIN_GROUPS="" if provider == "google" else "staff")
     c = configure(s)
-    module = importlib.import_module(f"oauthenticator.{'generic' if provider == 'oidc' else provider}")
-    cls = getattr(module, auth.OAUTH_CLASSES[provider])
+    module, name = auth.AUTHENTICATOR_NAMES[provider].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
     authenticator = cls(config=c)
     for key in auth.provider_config(s, METADATA):
         section, trait = key.split(".")
@@ -249,10 +250,10 @@ def test_hub_config_with_an_oidc_issuer(tmp_path, issuer):
     config.apply(c, {**BASE, "AUTH_PROVIDER": "oidc", "OIDC_ISSUER": url,
                      "GPUHUB_ALLOWED_GROUPS": "cs101", "GPUHUB_GROUPS": "cs101,research",
                      "GPUHUB_STATE_DIR": str(tmp_path / "state"), "GPUHUB_TLS_DIR": str(tmp_path / "tls")})
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert c.JupyterHub.authenticator_class == "hub.authenticators.GpuhubGenericOAuthenticator"
     assert c.JupyterHub.load_groups == {}
     assert c.CryptKeeper["keys"] == [(tmp_path / "state" / "crypt-key").read_text()]
-    assert c.JupyterHub.template_vars == {"gpuhub_lab_name": "GPU Hub"}
+    assert c.JupyterHub.template_vars == {"gpuhub_lab_name": "GPU Hub", "gpuhub_dev_login": False}
 
 
 @pytest.mark.parametrize("name, title", [("login.html", "Ada&#39;s &lt;GPU&gt; Lab"),

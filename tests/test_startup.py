@@ -13,6 +13,7 @@ LOG = logging.getLogger("test")
 
 def environ(tmp_path, **env):
     return {"GPUHUB_DOMAIN": "hub.example.edu", "AUTH_PROVIDER": "dummy",
+            "GPUHUB_DUMMY_PASSWORD": "sixteen-or-more-characters",
             "GPUHUB_USER_IMAGE": "gpuhub/tensorflow-2.9-gpu:1",
             "GPUHUB_STATE_DIR": str(tmp_path / "state"), "GPUHUB_TLS_DIR": str(tmp_path / "tls"),
             **env}
@@ -53,7 +54,7 @@ def test_a_good_environment_configures_the_hub(tmp_path):
     s = config.apply(c, environ(tmp_path, GPUHUB_GROUPS="cs101"))
     assert s.domain == "hub.example.edu"
     assert c.JupyterHub.db_url == f"sqlite:///{tmp_path}/state/jupyterhub.sqlite"
-    assert c.JupyterHub.authenticator_class == "dummy"
+    assert c.JupyterHub.authenticator_class == "hub.authenticators.GpuhubDummyAuthenticator"
     assert c.JupyterHub.load_groups == {"cs101": {}}
     assert c.TraefikFileProviderProxy.traefik_api_url == "http://10.254.254.6:8099"
     password = (tmp_path / "state" / "traefik-api-password").read_text()

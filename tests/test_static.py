@@ -155,8 +155,14 @@ def example_env_text(**edits):
 
 
 def test_env_example_settings_load():
+    # closed by default: a copied .env.example starts no hub, and says what to choose
     with pytest.raises(settings.SettingsError) as e:
         settings.load(example_env())
-    assert "GPUHUB_DOMAIN is not set" in str(e.value)
-    loaded = settings.load(example_env(GPUHUB_DOMAIN="hub.example.edu"))
+    assert set(e.value.problems) == {
+        "AUTH_PROVIDER is not set: github, gitlab, google, oidc; or dummy (development only: "
+        "one shared password, GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example "
+        "starts no hub.",
+        "GPUHUB_DOMAIN is not set: Host name students type in the browser."}, e.value.problems
+    # the obvious edits: a provider and the domain
+    loaded = settings.load(example_env(AUTH_PROVIDER="github", GPUHUB_DOMAIN="hub.example.edu"))
     assert loaded.public_url == "https://hub.example.edu/"

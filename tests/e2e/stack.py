@@ -20,6 +20,8 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Suffix for every compose project, image tag and network of this run, so that runs
 # from several checkouts on one Docker engine do not share (and break) each other's.
 RUN_ID = os.environ.get("GPUHUB_E2E_ID", "")
+# the dummy provider's shared password (it needs 16 characters or more)
+DUMMY_PASSWORD = "e2e-password-of-the-dummy-login"
 
 
 def compose_command():
@@ -110,7 +112,7 @@ class Stack:
             "GPUHUB_HTTPS_PORT": str(free_port()),
             "TLS_MODE": "selfsigned",
             "AUTH_PROVIDER": "dummy",
-            "GPUHUB_DUMMY_PASSWORD": "e2e-password",
+            "GPUHUB_DUMMY_PASSWORD": DUMMY_PASSWORD,
             "GPUHUB_USER_IMAGE": f"{name}/user:e2e",
             "GPUHUB_VERSION": "e2e",
             "GPUHUB_USER_NETWORK": f"{name}-users",

@@ -41,8 +41,19 @@ function account(id) {
 const signingKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
   .export({ format: 'jwk' });
 
+async function logoutSource(ctx, form) {
+  ctx.type = 'html';
+  ctx.body = `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>University SSO: sign out</title></head>
+<body><h1>University SSO</h1><p>Sign out of the university SSO?</p>${form}
+<button type="submit" form="op.logoutForm" value="yes" name="logout" id="sign-out">Yes, sign me out</button>
+</body></html>`;
+}
+
 const provider = new Provider(config.issuer, {
   clients: [{
+    // after logout the provider sends the browser back to the hub's login page
+    post_logout_redirect_uris: config.client.redirect_uris.map((u) => u.replace(/oauth_callback$/, 'login')),
     ...config.client,
     grant_types: ['authorization_code'],
     response_types: ['code'],
@@ -60,7 +71,12 @@ const provider = new Provider(config.issuer, {
   // an hour is longer than any test; fixed values keep oidc-provider's notices quiet
   ttl: { AccessToken: 3600, AuthorizationCode: 600, Grant: 3600, IdToken: 3600, Interaction: 600, Session: 3600 },
   jwks: { keys: [{ ...signingKey, kid: 'e2e', use: 'sig', alg: 'RS256' }] },
-  features: { devInteractions: { enabled: false } },
+  features: {
+    devInteractions: { enabled: false },
+    // RP-initiated logout (the hub's /hub/logout sends students here): a page of our own,
+    // without the default one's web fonts from the internet
+    rpInitiatedLogout: { enabled: true, logoutSource },
+  },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   findAccount: (ctx, id) => account(id),
   // first-party client: grant what it asks for, no consent screen
