@@ -111,23 +111,24 @@ def test_a_course_lock_that_changes_a_base_package_fails_to_build(course_stack, 
     s = course_stack
     base = s.env["GPUHUB_USER_IMAGE"]
     have = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python3", base, "-c",
-                           "import importlib.metadata as m; print(m.version('packaging'))"],
+                           "import importlib.metadata as m; print(m.version('typing_extensions'))"],
                           capture_output=True, text=True, timeout=120)
     assert have.returncode == 0, have.stderr
     installed = have.stdout.strip()
-    older = "21.3" if installed != "21.3" else "21.2"
+    # the doc's own example: a lock made without the base's constraints downgraded it
+    older = "4.5.0" if installed != "4.5.0" else "4.4.0"
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary",
-                    ":all:", "-d", str(wheels), f"packaging=={older}"], check=True, timeout=300)
+                    ":all:", "-d", str(wheels), f"typing_extensions=={older}"], check=True, timeout=300)
     digest = hashlib.sha256(next(wheels.glob("*.whl")).read_bytes()).hexdigest()
     context = tmp_path / "course"
     shutil.copytree(REPO / "images" / "course-template", context)
-    (context / "requirements.txt").write_text(f"packaging=={older} --hash=sha256:{digest}\n")
+    (context / "requirements.txt").write_text(f"typing-extensions=={older} --hash=sha256:{digest}\n")
     tag = f"{s.project}/bad-course:e2e"
     result = subprocess.run(
         ["docker", "build", "--force-rm", "-t", tag, "--build-arg", f"BASE_IMAGE={base}",
          "--build-arg", "PIP_INDEX_URL=https://pypi.org/simple", str(context)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     assert result.returncode != 0
-    assert f"packaging {installed} (base image) -> {older} (course)" in result.stdout + result.stderr
+    assert f"typing-extensions {installed} (base image) -> {older} (course)" in result.stdout + result.stderr
     assert subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode != 0
