@@ -13,7 +13,7 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, settings, startup
+from . import auth, origins, settings, startup
 from .gpu_api import GpuAllocationsHandler
 
 TRAEFIK_API_USER = "gpuhub"
@@ -44,6 +44,11 @@ def update_proxy(c, s, ready):
     c.TraefikFileProviderProxy.traefik_entrypoint = "https"
 
 
+def update_origins(c, s, ready):
+    # each user's server on its own origin, or all on the hub's (hub/origins.py)
+    origins.configure(c, s)
+
+
 def update_auth(c, s, ready):
     auth.apply(c, s, ready.login, get_logger())
     # with groups synced from the identity provider JupyterHub refuses load_groups; the
@@ -54,8 +59,10 @@ def update_auth(c, s, ready):
 def update_spawner(c, s, ready):
     c.JupyterHub.spawner_class = "hub.spawner.GpuhubSpawner"
     c.DockerSpawner.image = s.user_image
-    c.DockerSpawner.network_name = s.user_network
+    # every server gets a network of its own (hub/networks.py), named like its container
     c.DockerSpawner.use_internal_ip = True
+    c.GpuhubSpawner.server_subnets = s.server_subnets
+    c.GpuhubSpawner.user_egress = s.user_egress
     c.DockerSpawner.prefix = s.container_prefix
     c.DockerSpawner.notebook_dir = s.notebook_dir
     # a named volume per user: work survives container removal and image upgrades
@@ -104,7 +111,8 @@ def update_pages(c, s, ready):
                                   "gpuhub_dev_login": s.auth_provider == "dummy"}
 
 
-UPDATES = (update_hub, update_proxy, update_auth, update_spawner, update_services, update_pages)
+UPDATES = (update_hub, update_proxy, update_origins, update_auth, update_spawner, update_services,
+           update_pages)
 
 
 class StartupProblems(SystemExit):

@@ -177,6 +177,17 @@ def non_root(raw):
     return value
 
 
+def server_pool(raw):
+    """An IPv4 pool for the servers' own /28 networks (hub/networks.py)."""
+    try:
+        value = ipaddress.IPv4Network(raw.strip())
+    except ValueError:
+        raise ValueError("an IPv4 subnet such as 10.128.0.0/16") from None
+    if value.prefixlen > 28:
+        raise ValueError("an IPv4 subnet of /28 or larger, such as 10.128.0.0/16")
+    return str(value)
+
+
 def lower(raw):
     return raw.strip().lower()
 
@@ -223,6 +234,15 @@ SETTINGS = (
     Setting("TLS_MODE", choice(*TLS_MODES), "selfsigned",
             "selfsigned (generated on first start), own (tls/cert.pem + tls/key.pem) or letsencrypt.",
             attr="tls_mode"),
+    # -- where user servers live (hub/origins.py) --
+    Setting("GPUHUB_USER_SUBDOMAINS", boolean, "true",
+            "true (recommended): each user's server on its own origin, "
+            "https://<user>.GPUHUB_DOMAIN, so pages from one student's server cannot act "
+            "on the hub or other servers; needs a wildcard DNS record (docs/admin.md). false: all on the hub's origin (an IP address as GPUHUB_DOMAIN needs it)."),
+    Setting("ACME_DNS_PROVIDER", text, "",
+            "With TLS_MODE=letsencrypt and GPUHUB_USER_SUBDOMAINS=true: the DNS provider's "
+            "code for Traefik's DNS challenge (e.g. cloudflare, route53, ovh), which a "
+            "wildcard certificate needs.", attr="acme_dns_provider"),
     # -- who logs in --
     Setting("AUTH_PROVIDER", choice(*AUTH_PROVIDERS), None,
             "github, gitlab, google, oidc; or dummy (development only: one shared password, "
@@ -271,7 +291,12 @@ SETTINGS = (
     # -- user servers --
     Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
     Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
-            "Docker network of the hub, the proxy and the user containers."),
+            "Docker network of the hub and the proxy (each user server has one of its own)."),
+    Setting("GPUHUB_SERVER_SUBNETS", server_pool, "10.128.0.0/16",
+            "Address pool of the user servers' own networks, a /28 each (4096 in a /16)."),
+    Setting("GPUHUB_USER_EGRESS", choice("proxy", "deny"), "proxy",
+            "proxy: user servers reach the outside world through the egress proxy only "
+            "(no private, loopback or link-local addresses); deny: not at all (exams)."),
     Setting("GPUHUB_NOTEBOOK_DIR", absolute_path, "/home/jovyan",
             "Notebook directory in the user image; the user's volume is mounted there."),
     Setting("GPUHUB_CONTAINER_PREFIX", docker_name, "gpuhub",

@@ -13,9 +13,9 @@ import docker
 from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Any, Dict, Float, default
+from traitlets import Any, Dict, Float, List, Unicode, default
 
-from . import imagerefs, names
+from . import imagerefs, names, networks
 from .gpus import GroupCapReached, NoGpuAvailable
 from .names import template_literal
 
@@ -47,6 +47,20 @@ def create_kwargs(spawner):
             "org.gpuhub.server": template_literal(spawner.name or ""),
         },
     }
+
+
+EGRESS_SERVICE = "egress"
+
+
+def egress_env(mode, url, container_name):
+    """Proxy variables of a user server: the way out is the egress proxy (pip, git, curl
+    read them); the hub and the server itself are reached directly. "deny": none (there is
+    no way out to point at)."""
+    if mode != "proxy":
+        return {}
+    no_proxy = ",".join(["localhost", "127.0.0.1", "::1", "hub", container_name])
+    return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
+            "NO_PROXY": no_proxy, "no_proxy": no_proxy}
 
 
 # A server that is slow to come up is usually slow because many start at once: poll it
@@ -128,9 +142,32 @@ class GpuhubSpawner(DockerSpawner):
         soon as the container runs and leaves the waiting to JupyterHub's own backoff.
         """)
 
+    # -- network isolation (hub/networks.py): a network of its own for every server --
+    server_subnets = Unicode("10.128.0.0/16", config=True, help="""
+        Address pool of the servers' own networks, one /28 each, e.g. "10.128.0.0/16".
+        """)
+    proxy_services = List(Unicode(), ["proxy"], config=True, help="""
+        Compose services of the hub's project that reach every server (they join each
+        server's network), e.g. ["proxy"].
+        """)
+    user_egress = Unicode("proxy", config=True, help="""
+        "proxy": servers reach the outside world through the egress proxy only;
+        "deny": not at all (exams).
+        """)
+    egress_url = Unicode("http://egress:3128", config=True, help="""
+        The egress proxy as users' containers reach it, e.g. "http://egress:3128".
+        """)
+    network_watch_interval = Float(15.0, config=True, help="""
+        Seconds between checks that hub and proxy are still on every server's network
+        (a proxy recreated by `docker compose up` comes back without them).
+        """)
+
+    _network_watch = None  # one watch per hub process (see _watch_networks)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.gpus = []
+        self._peers_checked = False
 
     @default("escape")
     def _default_escape(self):
@@ -205,10 +242,13 @@ class GpuhubSpawner(DockerSpawner):
         if wanted:
             await self._allocate(course, wanted)
         try:
+            await self._join_network()
             ip, port = await super().start()
         except BaseException:
-            # a failed start leaves nothing behind: no container (DockerSpawner) and no GPU
+            # a failed start leaves nothing behind: no container (DockerSpawner), no GPU,
+            # no network
             await self._release()
+            await self._leave_network_quietly()
             raise
         if self.ready_poll_interval > 0:
             base_url = self.server.base_url if self.server else "/"
@@ -218,6 +258,89 @@ class GpuhubSpawner(DockerSpawner):
 
     async def _stopped(self):
         return await self.poll() is not None
+
+    # -- the server's own network --
+    def _in_docker_thread(self, fn, *args):
+        # DockerSpawner's own executor: Docker calls stay in the order it expects
+        return asyncio.wrap_future(self.executor.submit(fn, self.client, *args))
+
+    def _peer_services(self):
+        """(services that join every server network, services that must not)."""
+        services = {name: "" for name in self.proxy_services}
+        egress = {EGRESS_SERVICE: "egress"}
+        if self.user_egress == "proxy":
+            return {**services, **egress}, {}
+        return services, egress
+
+    def _peers(self, api):
+        """(containers that belong on every server network, containers that must not)."""
+        wanted, unwanted = self._peer_services()
+        found = networks.find_peers(api, networks.own_container(api), {**wanted, **unwanted})
+        return ([p for p in found if p.service not in unwanted],
+                [p for p in found if p.service in unwanted])
+
+    def _ensure_joined(self, api):
+        name = networks.server_network_name(self.object_name)
+        networks.ensure_network(api, name, self.server_subnets, self.user.name)
+        peers, unwanted = self._peers(api)
+        return name, networks.attach(api, name, peers), networks.detach(api, name, unwanted)
+
+    async def _join_network(self):
+        """Before the container is created: its network, with hub and proxy on it."""
+        try:
+            name, connected, _ = await self._in_docker_thread(self._ensure_joined)
+        except networks.NetworkError as e:
+            raise web.HTTPError(503, f"Cannot prepare the network of your server: {e}") from None
+        self.network_name = name
+        self._peers_checked = True  # poll() need not check again
+        self.log.info("Network %s for %s (joined: %s)", name, self._log_name,
+                      ", ".join(connected) or "all there")
+        self._watch_networks()
+
+    def _leave_network(self, api):
+        networks.remove_network(api, networks.server_network_name(self.object_name))
+
+    async def _leave_network_quietly(self):
+        try:
+            await self._in_docker_thread(self._leave_network)
+        except Exception as e:  # the start's own error is the one to report
+            self.log.warning("Cannot remove the network of %s: %s", self._log_name, e)
+
+    def _watch_networks(self):
+        cls = GpuhubSpawner
+        if self.network_watch_interval > 0 and (cls._network_watch is None
+                                                or cls._network_watch.done()):
+            cls._network_watch = asyncio.ensure_future(self._network_watch_loop())
+
+    def _reconcile(self, api):
+        peers, unwanted = self._peers(api)
+        return networks.reconcile(api, self.prefix, peers, unwanted)
+
+    async def _network_watch_loop(self):
+        while True:
+            try:
+                for action, container, network in await self._in_docker_thread(self._reconcile):
+                    self.log.warning("Network %s: %s %s (it had lost it)", network, action,
+                                     container)
+            except Exception as e:  # the next round tries again
+                self.log.warning("Checking the servers' networks failed: %s", e)
+            await asyncio.sleep(self.network_watch_interval)
+
+    async def poll(self):
+        status = await super().poll()
+        if status is None and not self._peers_checked:
+            # found running (at hub start, say): before the hub talks to it, make sure hub
+            # and proxy are on its network; the hub may come from a new image
+            try:
+                name, connected, _ = await self._in_docker_thread(self._ensure_joined)
+                self.network_name = name
+                if connected:
+                    self.log.info("Network %s: joined %s", name, ", ".join(connected))
+                self._peers_checked = True
+            except Exception as e:
+                self.log.warning("Cannot check the network of %s: %s", self._log_name, e)
+            self._watch_networks()
+        return status
 
     async def _allocate(self, course, wanted):
         loop = asyncio.get_running_loop()
@@ -244,6 +367,8 @@ class GpuhubSpawner(DockerSpawner):
     async def stop(self, now=False):
         try:
             await super().stop(now=now)
+            if self.remove:
+                await self._in_docker_thread(self._leave_network)
         finally:
             await self._release()
 
@@ -263,6 +388,7 @@ class GpuhubSpawner(DockerSpawner):
         course = self.chosen_course() if self.catalog else None
         if course:
             env["GPUHUB_COURSE"] = course.slug
+        env.update(egress_env(self.user_egress, self.egress_url, self.object_name))
         return env
 
     # -- state across hub restarts --

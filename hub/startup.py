@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import docker
 from sqlalchemy import create_engine, inspect, select
 
-from . import auth, courses, gpus, tls
+from . import auth, courses, gpus, origins, tls
 from .gpu_store import GpuAllocator
 from .secretfiles import read_or_create_secret
 from .settings import SettingsError
@@ -76,8 +76,15 @@ def running_servers(prefix):
 
 
 # -- the steps, in order; each reads `settings` and fills in `ready` --
+def _step_origins(s, ready, log):
+    origins.check(s)
+    origins.report(s, log)
+
+
 def _step_tls(s, ready, log):
-    ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log)
+    # with users' servers on subdomains the certificate also covers *.domain (hub/origins.py)
+    ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log,
+                                    wildcard=s.user_subdomains)
 
 
 def _step_state(s, ready, log):
@@ -136,7 +143,8 @@ _LOGIN = ("auth_provider", "oauth_client_id", "oauth_client_secret", "oidc_issue
           "state_dir", "username_pattern", "admin_users", "dummy_password", "oidc_username_claim")
 # (step, the settings it reads, whether it runs only when nothing failed before it)
 STEPS = (
-    (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir"), False),
+    (_step_origins, ("user_subdomains", "domain", "tls_mode", "acme_dns_provider"), False),
+    (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir", "user_subdomains"), False),
     (_step_state, ("state_dir",), False),
     (_step_login, _LOGIN, False),
     (_step_catalog, ("catalog",), False),

@@ -72,7 +72,7 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
     # the control network carrying Traefik's API is internal and has no user containers
     control = config["networks"]["control"]
     assert control["internal"] is True
-    assert set(config["services"]) == {"proxy", "hub", "user-image"}
+    assert set(config["services"]) == {"proxy", "hub", "user-image", "egress"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -166,3 +166,108 @@ def test_env_example_settings_load():
     # the obvious edits: a provider and the domain
     loaded = settings.load(example_env(AUTH_PROVIDER="github", GPUHUB_DOMAIN="hub.example.edu"))
     assert loaded.public_url == "https://hub.example.edu/"
+
+
+# -- the proxy's timeouts and rate limits (issue 10) --
+
+def duration_seconds(value):
+    """Traefik durations: "10m", "1h", "30s" or a number of seconds; 0 is unlimited."""
+    if isinstance(value, (int, float)):
+        return value
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", value)
+    assert m, f"not a Traefik duration: {value!r}"
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def test_no_unlimited_timeouts_in_the_proxy():
+    """Every entry point has finite responding timeouts (Traefik's default writeTimeout
+    is unlimited, readTimeout was 0s here), and so has the way to the servers."""
+    config = render_static("selfsigned")
+    for name, entrypoint in config["entryPoints"].items():
+        timeouts = entrypoint.get("transport", {}).get("respondingTimeouts", {})
+        for key in ("readTimeout", "writeTimeout", "idleTimeout"):
+            assert key in timeouts, f"entry point {name} leaves {key} at Traefik's default"
+            assert 0 < duration_seconds(timeouts[key]) <= 3600, f"{name}.{key}={timeouts[key]}"
+    https = config["entryPoints"]["https"]["transport"]["respondingTimeouts"]
+    assert duration_seconds(https["readTimeout"]) >= 300, "uploads over a slow link need minutes"
+    forwarding = config["serversTransport"]["forwardingTimeouts"]
+    for key in ("dialTimeout", "responseHeaderTimeout", "idleConnTimeout"):
+        assert 0 < duration_seconds(forwarding[key]) <= 3600, f"forwardingTimeouts.{key}"
+
+
+def rate_limited_routers():
+    config = yaml.safe_load((REPO / "proxy" / "dynamic" / "gpuhub.yml").read_text())["http"]
+    limited = {}
+    for name, router in config["routers"].items():
+        for middleware in router.get("middlewares", []):
+            limit = config["middlewares"][middleware.removesuffix("@file")].get("rateLimit")
+            if limit:
+                limited[name] = (router, limit)
+    return config, limited
+
+
+def test_login_and_api_are_rate_limited_per_client_address():
+    config, limited = rate_limited_routers()
+    rules = {name: router["rule"] for name, (router, _) in limited.items()}
+    for path in ("/hub/login", "/hub/oauth_login", "/hub/oauth_callback", "/hub/api"):
+        assert any(f"PathPrefix(`{path}`)" in rule for rule in rules.values()), \
+            f"{path} has no rate limit: {rules}"
+    for name, (router, limit) in limited.items():
+        assert router["entryPoints"] == ["https"]
+        # to the hub, as the hub's own route does
+        servers = config["services"][router["service"]]["loadBalancer"]["servers"]
+        assert servers == [{"url": "http://hub:8081"}], name
+        # per client address: no sourceCriterion means the connection's address
+        # (Traefik's default); a request header or host would let a client pick its bucket
+        assert "requestHeaderName" not in limit.get("sourceCriterion", {})
+        assert not limit.get("sourceCriterion", {}).get("requestHost")
+        # generous for a class of 300 behind one NAT, finite for one client
+        per_second = limit["average"] / duration_seconds(limit.get("period", 1))
+        assert 0 < per_second <= 100 and limit["burst"] >= 300, (name, limit)
+        # longer than the hub's PathPrefix(`/`) route, so Traefik (longest rule first) picks it
+        assert len(router["rule"]) > len("PathPrefix(`/`)")
+
+
+# -- the egress proxy's rules (the metadata address is checked here, never sent to) --
+
+def render_squid(**env):
+    result = subprocess.run(
+        ["sh", str(REPO / "egress" / "entrypoint.sh"), "--render", str(REPO / "egress" / "squid.conf")],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def squid_rules(text):
+    acls, access = {}, []
+    for line in text.splitlines():
+        words = line.split("#")[0].split()
+        if words[:1] == ["acl"]:
+            acls.setdefault(words[1], []).extend(words[3:])
+        elif words[:1] == ["http_access"]:
+            access.append((words[1], words[2:]))
+    return acls, access
+
+
+def test_egress_proxy_refuses_the_inside_before_it_allows_anything():
+    acls, access = squid_rules(render_squid(GPUHUB_SERVER_SUBNETS="10.128.0.0/16",
+                                            PIP_INDEX_URL="https://pypi.example.edu/simple"))
+    assert "169.254.169.254/32" in acls["metadata"]
+    for blocked in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                    "169.254.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10", "::1/128",
+                    "10.128.0.0/16"):
+        assert blocked in acls["inside"], blocked
+    assert acls["mirror"] == ["pypi.example.edu"] and acls["students"] == ["10.128.0.0/16"]
+    first_allow = next(i for i, (verb, _) in enumerate(access) if verb == "allow")
+    denied_first = [args for verb, args in access[:first_allow]]
+    assert ["!students"] in denied_first and ["metadata"] in denied_first, access
+    # the mirror is the one exception to `inside`; everything after it is refused
+    assert access[first_allow] == ("allow", ["mirror"])
+    assert access[first_allow + 1] == ("deny", ["inside"])
+    assert access[-1] == ("deny", ["all"])
+
+
+def test_egress_proxy_refuses_a_bad_pool_naming_it():
+    result = subprocess.run(["sh", str(REPO / "egress" / "entrypoint.sh"), "--render"],
+                            env={"PATH": os.environ["PATH"], "GPUHUB_SERVER_SUBNETS": "all; x"},
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "GPUHUB_SERVER_SUBNETS=all; x" in result.stderr

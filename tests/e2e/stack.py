@@ -111,6 +111,9 @@ class Stack:
             "GPUHUB_HTTP_PORT": str(free_port()),
             "GPUHUB_HTTPS_PORT": str(free_port()),
             "TLS_MODE": "selfsigned",
+            # single-origin unless a test asks for subdomains: the stand-in proxy does not
+            # route by host, and Python here does not resolve *.localhost (test_origin_browser.py)
+            "GPUHUB_USER_SUBDOMAINS": "false",
             "AUTH_PROVIDER": "dummy",
             "GPUHUB_DUMMY_PASSWORD": DUMMY_PASSWORD,
             "GPUHUB_USER_IMAGE": f"{name}/user:e2e",
@@ -191,9 +194,15 @@ class Stack:
 
     # -- what users and admins reach --
     def ip(self, container, network=None):
+        """The container's address on `network`; by default on the users network (hub,
+        proxy), or on its own network (a user server has only that one)."""
         container.reload()
         networks = container.attrs["NetworkSettings"]["Networks"]
-        return networks[network or self.env["GPUHUB_USER_NETWORK"]]["IPAddress"]
+        if network is None:
+            network = self.env["GPUHUB_USER_NETWORK"]
+            if network not in networks and len(networks) == 1:
+                network = next(iter(networks))
+        return networks[network]["IPAddress"]
 
     @property
     def hub_url(self):
@@ -217,10 +226,12 @@ class Stack:
         return tomllib.loads(tar.extractfile(tar.getmembers()[0]).read().decode())
 
     def server_url(self, user):
-        """Where a user's server is reached: through Traefik, or at its route's target."""
+        """Where a user's server is reached: through Traefik, or through the stand-in's
+        forwarder at the proxy's address (user servers' own networks are out of the
+        host's reach; see tests/e2e/traefik_api_standin.py)."""
         if self.real_traefik:
             return f"{self.hub_url}/user/{user}"
-        return self.route_target(user).rstrip("/") + f"/user/{user}"
+        return f"http://{self.ip(self.container('proxy'))}:8080/user/{user}"
 
     def server_api(self, user, path, method="GET", **kwargs):
         """A request to a user's server (its REST API), with the tests' service token."""

@@ -115,6 +115,8 @@ CHP_CONFIG = """\
 c.JupyterHub.proxy_class = "configurable-http-proxy"
 c.ConfigurableHTTPProxy.should_start = False
 c.ConfigurableHTTPProxy.api_url = "http://chp:8001"
+# the proxy that joins every user server's network (hub/networks.py) is chp here
+c.GpuhubSpawner.proxy_services = ["chp"]
 # the API token is CONFIGPROXY_AUTH_TOKEN from .env, which ConfigurableHTTPProxy reads itself
 c.JupyterHub.bind_url = {public_url!r}
 # CHP here speaks plain HTTP on 127.0.0.1; the certificate was for Traefik

@@ -54,7 +54,8 @@ def test_user_server_persists_work_across_removal_and_hub_restart(stack):
     assert container.attrs["Config"]["User"] == "1000:100"
     assert host["CapDrop"] == ["ALL"] and not host["Privileged"]
     assert not any("docker.sock" in (m.get("Source") or "") for m in container.attrs["Mounts"])
-    assert set(container.attrs["NetworkSettings"]["Networks"]) == {stack.env["GPUHUB_USER_NETWORK"]}
+    # on a network of its own, named like the container (hub/networks.py)
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {container.name}
 
     # no path from the user's container to the proxy's API (control network only)
     proxy = stack.container("proxy")
@@ -87,6 +88,8 @@ def test_user_server_persists_work_across_removal_and_hub_restart(stack):
 
     # restart the hub: the server keeps running, still routed, still reachable
     running_id = stack.user_container(user).id
+    # a new container on a new network of its own: a new address
+    target = stack.route_target(user)
     stack.compose("restart", "hub")
     stack.wait_healthy()
     assert stack.user_container(user).id == running_id

@@ -15,21 +15,34 @@ and it answers them only from what Traefik itself would load:
 
 It runs inside the hub image (Python, bcrypt, jsonschema, PyYAML are there) on the
 control network, bound to the proxy's address, exactly where Traefik's API would be.
-It does not proxy user traffic: the tests reach user servers at the route's target.
+
+User traffic: every user server sits on a network of its own that only the hub, the
+proxy (and the egress proxy) join, and that the host has no address on, so the tests
+cannot reach a route's target themselves. On STANDIN_HTTP_PORT (plain HTTP, no TLS, no
+WebSockets) the stand-in forwards a request to the target of the route that matches
+it (longest PathPrefix, Host when the rule has one), from the proxy's place in the
+network. It does not apply middlewares (no rate limits: only real Traefik shows those).
 """
 
 import base64
+import http.client
 import json
 import os
+import re
 import sys
+import threading
 import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
 
 import bcrypt
 import jsonschema
 import yaml
 
 DYNAMIC_DIR, STATIC_FILE, SCHEMA_FILE, BIND = sys.argv[1:5]
+STANDIN_HTTP_PORT = 8080
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+              "te", "trailer", "proxy-authorization", "proxy-authenticate"}
 # jupyterhub-traefik-proxy keeps its own bookkeeping under this key; Traefik ignores it
 JUPYTERHUB_KEY = "jupyterhub"
 
@@ -112,7 +125,68 @@ class Handler(BaseHTTPRequestHandler):
         print("standin:", fmt % args, flush=True)
 
 
+def route_target(config, host, path):
+    """The target URL of the https router that matches, as Traefik would pick it for
+    gpuhub's rules (PathPrefix, optionally with Host)."""
+    best = None
+    for router in config["routers"].values():
+        if router.get("entryPoints") != ["https"]:
+            continue
+        hosts = re.findall(r"Host\(`([^`]*)`\)", router["rule"])
+        if hosts and host.split(":")[0].lower() not in hosts:
+            continue
+        for prefix in re.findall(r"PathPrefix\(`([^`]*)`\)", router["rule"]):
+            if path.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
+                best = (prefix, router["service"])
+    if best is None:
+        return None
+    return config["services"][best[1]]["loadBalancer"]["servers"][0]["url"]
+
+
+class Forwarder(BaseHTTPRequestHandler):
+    """Plain-HTTP forwarding by the routes the hub wrote (see the module docstring)."""
+
+    def forward(self):
+        target = route_target(dynamic_config(), self.headers.get("Host", ""), self.path)
+        if target is None:
+            return self.reply(404, b"no route")
+        url = urlparse(target)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=60)
+        try:
+            conn.request(self.command, url.path.rstrip("/") + self.path, body, headers)
+            response = conn.getresponse()
+            data = response.read()
+        except OSError as e:
+            return self.reply(502, f"bad gateway: {e}".encode())
+        finally:
+            conn.close()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in HOP_BY_HOP | {"content-length"}:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = forward
+
+    def reply(self, code, data):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):
+        print("standin forward:", fmt % args, flush=True)
+
+
 if __name__ == "__main__":
     host, _, port = BIND.rpartition(":")
-    print(f"standin: Traefik API stand-in on {BIND}, reading {DYNAMIC_DIR}", flush=True)
+    print(f"standin: Traefik API stand-in on {BIND}, reading {DYNAMIC_DIR}; "
+          f"forwarding plain HTTP on :{STANDIN_HTTP_PORT}", flush=True)
+    forwarder = ThreadingHTTPServer(("0.0.0.0", STANDIN_HTTP_PORT), Forwarder)
+    threading.Thread(target=forwarder.serve_forever, daemon=True).start()
     ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
