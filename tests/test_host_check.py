@@ -56,7 +56,9 @@ def test_findings_and_merged_file(tmp_path, content, missing):
     assert merged["registry-mirrors"] == (content or {}).get(
         "registry-mirrors", ["https://docker.mirrors.tuna.tsinghua.edu.cn"])
     assert merged["log-opts"]["max-size"]
-    assert load_module().pool_capacity(merged["default-address-pools"]) >= 256
+    module = load_module()
+    assert module.pool_capacity(merged["default-address-pools"]) >= 64
+    assert not module.overlapping(merged["default-address-pools"], "10.128.0.0/16")
     for key, value in (content or {}).items():
         assert merged[key] == value
 
@@ -80,6 +82,17 @@ def test_small_pool_is_reported_and_kept(tmp_path):
     result = run(tmp_path, {**COMPLETE, "default-address-pools": [{"base": "10.10.0.0/20", "size": 24}]})
     assert "room for 16 networks" in result.stdout
     assert merged_of(result.stdout)["default-address-pools"] == [{"base": "10.10.0.0/20", "size": 24}]
+
+
+def test_a_pool_overlapping_the_server_networks_is_reported(tmp_path):
+    pools = [{"base": "10.128.0.0/12", "size": 24}]
+    result = run(tmp_path, {**COMPLETE, "default-address-pools": pools})
+    assert result.returncode == 1
+    assert "10.128.0.0/12 overlaps gpuhub's server networks (10.128.0.0/16" in result.stdout
+    env = tmp_path / "gpuhub.env"
+    env.write_text("GPUHUB_SERVER_SUBNETS=10.200.0.0/16\n")
+    moved = run(tmp_path, {**COMPLETE, "default-address-pools": pools}, "--env-file", str(env))
+    assert moved.returncode == 0, moved.stdout
 
 
 def test_invalid_json_names_the_file(tmp_path):
