@@ -583,3 +583,21 @@ def test_use_existing_base_builds_only_the_courses(project):
 def test_builds_leave_no_containers_behind(project):
     out = project.build("--dry-run").stdout
     assert all("--force-rm" in c for c in commands(out))
+
+
+def test_a_catalog_with_build_arguments_survives_the_spawners_deep_copy(tmp_path):
+    """traitlets deep-copies c.GpuhubSpawner.catalog into each spawner: a course with
+    build args (read-only mappings) once made every spawn fail."""
+    import copy
+    (tmp_path / "course").mkdir()
+    path = write(tmp_path, """\
+        courses:
+          - {slug: tf, display_name: TF, image: gpuhub/tensorflow-2.9-gpu:latest, default: true}
+          - slug: cs101
+            display_name: CS 101
+            image: gpuhub/course-cs101:2025
+            build: {context: course, args: {COURSE_VERSION: "2025"}}
+        """)
+    catalog = load_catalog(path)
+    assert copy.deepcopy(catalog) == catalog
+    assert copy.deepcopy(catalog).get("cs101").build.args["COURSE_VERSION"] == "2025"
