@@ -1,6 +1,8 @@
 """Admin commands, run inside the hub container:
 
     docker compose exec hub python -m hub.cli gpus [--db-url URL] [--json]
+    docker compose exec hub python -m hub.cli gpu-hours [--since 7d] [--until DATE]
+        [--by user|course|group|gpu] [--format table|csv|json] [--db-url URL]
 
 Reads GPUHUB_GPUS, GPUHUB_GPU_MODE, GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS through
 hub.settings, as the hub does (and completes the inventory from NVML the same way,
@@ -10,12 +12,15 @@ does not keep an admin from looking at the GPUs.
 """
 
 import argparse
+import csv
+import datetime
 import json
 import logging
 import os
 import sys
 
-from . import gpus, settings
+from . import gpu_hours, gpus, settings
+from .gpu_queue_store import GpuQueue
 from .gpu_store import GpuAllocator
 
 # the settings the `gpus` command reads; the others are neither read nor required
@@ -34,6 +39,13 @@ def show_gpus(report, out=None):
         name = f" {gpu['name']}" if gpu["name"] else ""
         gone = " (no longer in the inventory)" if not gpu["in_inventory"] else ""
         print(f"{gpu['index']:>3} {gpu['uuid']}{name}{gone}: {who}", file=out)
+    for place in report.get("queue", []):
+        why = (f"group {place['blocking_group']} is at its cap" if place["blocking_group"]
+               else f"{place['ahead']} ahead")
+        about = f", expected by {place['expected'][:16]}Z" if place["expected"] else ""
+        print(f"waiting {place['position']}: {place['user']}"
+              f"{'/' + place['server'] if place['server'] else ''} ({place['course']}, "
+              f"{place['wanted']} GPU) since {place['since'][:19]}Z, {why}{about}", file=out)
 
 
 def gpus_command(args, environ=None):
@@ -46,10 +58,65 @@ def gpus_command(args, environ=None):
                          "(or pass --db-url)")
     allocator = GpuAllocator(db_url, gpus.inventory(s.gpus), s.gpu_policy)
     report = allocator.report()
+    report["queue"] = GpuQueue(allocator, 0).report()  # the line in front of the GPUs
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         show_gpus(report)
+    return 0
+
+
+def existing_db_url(args, environ):
+    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR",)).db_url
+    path = db_url.removeprefix("sqlite:///")
+    if db_url.startswith("sqlite:///") and not os.path.exists(path):
+        raise SystemExit(f"no hub database at {path}: is this the hub container? "
+                         "(or pass --db-url)")
+    return db_url
+
+
+def show_gpu_hours(report, fmt, out=None):
+    """The GPU-hours report as a table, CSV or JSON."""
+    out = out or sys.stdout
+    by = report["by"]
+    if fmt == "json":
+        print(json.dumps(report, indent=2), file=out)
+        return
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([by, "gpu_hours", "gpu_seconds", "allocations"])
+        for row in report["rows"]:
+            writer.writerow([row[by], f"{row['gpu_hours']:.6f}", f"{row['gpu_seconds']:.3f}",
+                             row["allocations"]])
+        return
+    period = f"{report['since'] or 'the beginning'} to {report['until'] or report['now']}"
+    print(f"GPU-hours by {by}, {period}", file=out)
+    width = max([len(by)] + [len(_label(row[by], by)) for row in report["rows"]])
+    print(f"{by:<{width}}  {'GPU-hours':>10}  {'allocations':>11}", file=out)
+    for row in report["rows"]:
+        print(f"{_label(row[by], by):<{width}}  {row['gpu_hours']:>10.2f}  "
+              f"{row['allocations']:>11}", file=out)
+    total = sum(row["gpu_hours"] for row in report["rows"]) if by != "group" else None
+    if total is not None:
+        print(f"{'total':<{width}}  {total:>10.2f}", file=out)
+
+
+def _label(key, by):
+    return key or ("(no group)" if by == "group" else "(none)")
+
+
+def gpu_hours_command(args, environ=None, now=None):
+    from sqlalchemy import inspect
+
+    from .gpu_store import make_engine
+    engine = make_engine(existing_db_url(args, environ))
+    if not inspect(engine).has_table("gpuhub_gpu_usage"):
+        raise SystemExit("no GPU usage history in this database yet (the hub creates it "
+                         "when it starts with GPUs)")
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    since = gpu_hours.parse_moment(args.since, now, "--since") if args.since else None
+    until = gpu_hours.parse_moment(args.until, now, "--until") if args.until else None
+    show_gpu_hours(gpu_hours.report(engine, args.by, since, until, now), args.format)
     return 0
 
 
@@ -61,12 +128,23 @@ def main(argv=None, environ=None):
     cmd = sub.add_parser("gpus", help="one line per GPU: who holds it, since when")
     cmd.add_argument("--db-url", help="database URL (default: the hub's SQLite database)")
     cmd.add_argument("--json", action="store_true", help="print GET /hub/api/gpus's JSON")
+    hours = sub.add_parser("gpu-hours", help="GPU-hours per user, course, group or GPU")
+    hours.add_argument("--db-url", help="database URL (default: the hub's SQLite database)")
+    hours.add_argument("--since", help="start of the period: 2026-11-30, 2026-11-30T08:00 "
+                                       "(UTC), week (this Monday), or 7d, 12h, 30m ago; "
+                                       "default: all time")
+    hours.add_argument("--until", help="end of the period, as --since; default: now")
+    hours.add_argument("--by", choices=gpu_hours.BY, default="user",
+                       help="what to total by (a user in several groups counts in each)")
+    hours.add_argument("--format", choices=("table", "csv", "json"), default="table")
     args = parser.parse_args(argv)
     try:
+        if args.command == "gpu-hours":
+            return gpu_hours_command(args, environ)
         return gpus_command(args, environ)
     except settings.SettingsError as e:
         parser.exit(2, "".join(f"{p}\n" for p in e.problems))
-    except gpus.GpuConfigError as e:
+    except (gpus.GpuConfigError, ValueError) as e:
         parser.exit(2, f"{e}\n")
 
 

@@ -13,8 +13,8 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, origins, settings, startup
-from .gpu_api import GpuAllocationsHandler
+from . import auth, origins, routes_file, settings, startup
+from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 
 TRAEFIK_API_USER = "gpuhub"
 
@@ -36,6 +36,7 @@ def update_proxy(c, s, ready):
     # Traefik runs in its own container and reads the routes the hub writes to a file.
     # jupyterhub-traefik-proxy's file provider, refusing routes with rule syntax (hub/proxy.py)
     c.JupyterHub.proxy_class = "hub.proxy.GpuhubTraefikProxy"
+    routes_file.install()  # mode 640: Traefik reads it by group, without DAC_OVERRIDE
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = s.routes_file
     c.TraefikFileProviderProxy.traefik_api_url = s.traefik_api_url
@@ -75,7 +76,8 @@ def update_spawner(c, s, ready):
         "init": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
-        "pids_limit": 4096,
+        "pids_limit": s.pids_limit,
+        **({"storage_opt": {"size": s.disk_limit}} if s.disk_limit else {}),
         **({"shm_size": s.shm_size} if s.shm_size else {}),
     }
     c.DockerSpawner.mem_limit = s.mem_limit
@@ -85,6 +87,7 @@ def update_spawner(c, s, ready):
     c.Spawner.default_url = "/lab"
     c.GpuhubSpawner.catalog = ready.catalog
     c.GpuhubSpawner.gpu_allocator = ready.allocator
+    c.GpuhubSpawner.gpu_queue = ready.queue
 
 
 def update_services(c, s, ready):
@@ -101,9 +104,12 @@ def update_services(c, s, ready):
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             "services": ["idle-culler"],
         }]
-    # GET /hub/api/gpus, served inside the hub so that it reads the spawner's allocator
-    c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator}
-    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler)]
+    # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so
+    # that they read the spawner's allocator and line
+    c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator,
+                                     "gpuhub_queue": ready.queue}
+    c.JupyterHub.extra_handlers = [(r"/api/gpus", GpuAllocationsHandler),
+                                   (r"/api/gpus/usage", GpuUsageHandler)]
 
 
 def update_pages(c, s, ready):

@@ -68,6 +68,7 @@ class Course:
     groups: Tuple[str, ...] = ()  # empty: everybody
     nbgitpuller: Optional[GitContent] = None
     build: Optional[Build] = None
+    gpu_hours_per_week: Optional[float] = None  # a budget per student; None: no budget
 
     def _git_pull_query(self):
         content = self.nbgitpuller
@@ -254,6 +255,8 @@ def _problems(data):
     for i, entry in enumerate(courses):
         if "cpu_limit" in entry and not math.isfinite(entry["cpu_limit"]):
             problems.append((_entry(data, i), "cpu_limit", "expected a finite number"))
+        if "gpu_hours_per_week" in entry and not math.isfinite(entry["gpu_hours_per_week"]):
+            problems.append((_entry(data, i), "gpu_hours_per_week", "expected a finite number"))
     return problems
 
 
@@ -274,6 +277,8 @@ def _course(entry, is_default, base_dir):
             dockerfile=build.get("dockerfile", "Dockerfile"),
             args=types.MappingProxyType(dict(build.get("args") or {})),
         ) if build else None,
+        gpu_hours_per_week=(float(entry["gpu_hours_per_week"])
+                            if "gpu_hours_per_week" in entry else None),
     )
 
 

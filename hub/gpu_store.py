@@ -18,6 +18,7 @@ connection and transaction, so one allocator is shared by every thread of the hu
 """
 
 import datetime
+import json
 import logging
 import random
 import time
@@ -85,6 +86,21 @@ group_slots = Table(
     Column("gpu_uuid", Unicode(255), nullable=False),
     UniqueConstraint("group_name", "slot", name="gpuhub_one_holder_per_group_slot"),
 )
+# Every allocation's start and end, for GPU-hours (hub/gpu_hours.py reads it). Rows are
+# written in the transaction that takes or gives back the GPU and never deleted: `ended`
+# is NULL while the GPU is held. `groups` is the user's groups at spawn time, JSON.
+gpu_usage = Table(
+    "gpuhub_gpu_usage", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("gpu_uuid", Unicode(255), nullable=False),
+    Column("gpu_index", Integer, nullable=False),
+    Column("user_name", Unicode(255), nullable=False),
+    Column("server_name", Unicode(255), nullable=False),
+    Column("course", Unicode(255), nullable=False, default=""),
+    Column("groups", Unicode(4000), nullable=False, default="[]"),
+    Column("started", UTCDateTime, nullable=False),
+    Column("ended", UTCDateTime, nullable=True),
+)
 
 
 def make_engine(db_url):
@@ -113,8 +129,10 @@ def make_engine(db_url):
 class GpuAllocator:
     """Hands out GPUs from `inventory` under `policy`, kept in the database at `db_url`."""
 
-    def __init__(self, db_url, inventory, policy, log=log):
+    def __init__(self, db_url, inventory, policy, log=log, clock=None):
         self.inventory = list(inventory)
+        # what "now" is for `since`, `started` and `ended`: injectable for exact GPU-hours tests
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self.policy = policy
         self.log = log
         self._by_uuid = {g.uuid: g for g in self.inventory}
@@ -147,6 +165,7 @@ class GpuAllocator:
                                      .values(version=SCHEMA_VERSION))
                         self.log.info("GPU tables migrated from schema %s to %s",
                                       version, SCHEMA_VERSION)
+                    _backfill_usage(conn)
                 return
             except (IntegrityError, OperationalError, ProgrammingError):
                 # PostgreSQL: another hub process created the same table a moment earlier
@@ -154,9 +173,10 @@ class GpuAllocator:
                     raise
 
     # -- taking and giving back --
-    def allocate(self, user, server_name, count, groups=()):
+    def allocate(self, user, server_name, count, groups=(), course=""):
         """Take `count` different GPUs for the server, all or nothing; returns them.
         Idempotent: a server that already holds GPUs gets those back, whatever `count`.
+        `course` and `groups` are recorded in the usage history (GPU-hours).
         Raises NoGpuAvailable or GroupCapReached (both GpuAllocationError)."""
         if count < 0:
             raise ValueError(f"count must be 0 or more, not {count}")
@@ -181,7 +201,8 @@ class GpuAllocator:
                     for r in rows:
                         taken.setdefault(r.gpu_uuid, set()).add(r.slot)
                     picks = choose_gpus(self.inventory, self.policy, taken, count)
-                    _insert(conn, user, server_name, picks, group_picks)
+                    _insert(conn, user, server_name, picks, group_picks, self.clock(),
+                            course, groups)
                     holders = Counter(r.gpu_uuid for r in rows) + Counter(g.uuid for g, _ in picks)
             except IntegrityError:
                 # another spawn committed first: look again at the new state
@@ -235,6 +256,7 @@ class GpuAllocator:
                 conn.execute(delete(group_slots).where(
                     (group_slots.c.user_name == a.user) & (group_slots.c.server_name == a.server_name)
                     & (group_slots.c.gpu_uuid == a.gpu_uuid)))
+                _end_usage(conn, a, self.clock())
         self._set_in_use(Counter(a.gpu_uuid for a in holdings if a not in released))
         return released
 
@@ -277,12 +299,16 @@ class GpuAllocator:
         GPUS_IN_USE.set(sum(1 for g in self.inventory if holders.get(g.uuid)))
 
 
-def _insert(conn, user, server_name, picks, group_picks):
-    now = datetime.datetime.now(datetime.timezone.utc)
+def _insert(conn, user, server_name, picks, group_picks, now, course="", groups=()):
     conn.execute(insert(gpu_slots), [
         {"gpu_uuid": gpu.uuid, "gpu_index": gpu.index, "slot": slot, "user_name": user,
          "server_name": server_name, "ordinal": n, "since": now}
         for n, (gpu, slot) in enumerate(picks)])
+    conn.execute(insert(gpu_usage), [
+        {"gpu_uuid": gpu.uuid, "gpu_index": gpu.index, "user_name": user,
+         "server_name": server_name, "course": course or "",
+         "groups": json.dumps(sorted(set(groups))), "started": now, "ended": None}
+        for gpu, _ in picks])
     if not group_picks:
         return
     # the server's k-th GPU takes the k-th of the slots picked in each capped group
@@ -293,6 +319,27 @@ def _insert(conn, user, server_name, picks, group_picks):
         {"group_name": group, "slot": slot, "user_name": user, "server_name": server_name,
          "gpu_uuid": gpu.uuid}
         for group, slots in per_group.items() for slot, (gpu, _) in zip(slots, picks, strict=True)])
+
+
+def _end_usage(conn, allocation, now):
+    a = allocation
+    conn.execute(update(gpu_usage).where(
+        (gpu_usage.c.user_name == a.user) & (gpu_usage.c.server_name == a.server_name)
+        & (gpu_usage.c.gpu_uuid == a.gpu_uuid) & gpu_usage.c.ended.is_(None))
+        .values(ended=max(now, a.since)))
+
+
+def _backfill_usage(conn):
+    """Holders from before the usage history existed get an open row from their `since`."""
+    open_rows = {(r.user_name, r.server_name, r.gpu_uuid) for r in conn.execute(
+        select(gpu_usage).where(gpu_usage.c.ended.is_(None)))}
+    missing = [r for r in conn.execute(select(gpu_slots))
+               if (r.user_name, r.server_name, r.gpu_uuid) not in open_rows]
+    if missing:
+        conn.execute(insert(gpu_usage), [
+            {"gpu_uuid": r.gpu_uuid, "gpu_index": r.gpu_index, "user_name": r.user_name,
+             "server_name": r.server_name, "course": "", "groups": "[]", "started": r.since,
+             "ended": None} for r in missing])
 
 
 def _migrate_from_1(conn, by_uuid):

@@ -9,6 +9,7 @@ GPUHUB_GPU_MAX_USERS and GPUHUB_GPU_GROUP_CAPS with the parsers here (`parse_inv
 sees through `inventory()`.
 """
 
+import datetime
 import logging
 import re
 from collections import Counter as _Counter
@@ -24,6 +25,7 @@ GPUS_IN_USE = Gauge("gpuhub_gpus_in_use", "GPUs held by at least one user server
 REFUSALS = Counter("gpuhub_gpu_refusals_total", "Spawns refused for want of a GPU", ["reason"])
 for _reason in ("no_gpu", "group_cap"):
     REFUSALS.labels(reason=_reason)  # both series exist from the start, at 0
+QUEUE_LENGTH = Gauge("gpuhub_gpu_queue_length", "Spawns waiting in line for a GPU")
 
 MODES = ("exclusive", "shared")
 MAX_USERS_LIMIT = 64  # more servers than this on one GPU is a typo, not a policy
@@ -312,6 +314,33 @@ def build_report(inventory, policy, holdings):
                   "in_inventory": g.uuid in known, "holders": holders.get(g.uuid, [])}
                  for g in [*inventory, *gone.values()]],
     }
+
+
+def expected_free_times(holdings, policy, now, max_age=None, idle_timeout=None,
+                        last_activity=None):
+    """When each holding is expected to give its GPU back: {(gpu_uuid, slot): datetime or
+    None}, None where nothing bounds it. The queue's "about M minutes" comes from these.
+
+    max_age: seconds a GPU session may last (since it took the GPU), or a callable
+    (allocation) -> seconds or None, for per-course values; idle_timeout: seconds of
+    inactivity after which a GPU server is stopped, used with last_activity
+    {(user, server): datetime} (what is left on the holder's idle timer if it stays idle).
+    Without either (None or 0) every time is None: the estimate is "unknown".
+    """
+    limit = max_age or getattr(policy, "max_age", None)
+    idle = idle_timeout or getattr(policy, "idle_timeout", None)
+    last_activity = last_activity or {}
+    times = {}
+    for a in holdings:
+        candidates = []
+        age = limit(a) if callable(limit) else limit
+        if age:
+            candidates.append(a.since + datetime.timedelta(seconds=age))
+        seen = last_activity.get((a.user, a.server_name))
+        if idle and seen is not None:
+            candidates.append(max(seen, a.since) + datetime.timedelta(seconds=idle))
+        times[(a.gpu_uuid, a.slot)] = max(now, min(candidates)) if candidates else None
+    return times
 
 
 def isoformat(moment):

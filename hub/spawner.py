@@ -15,8 +15,10 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any, Dict, Float, List, Unicode, default
 
-from . import imagerefs, names, networks
-from .gpus import GroupCapReached, NoGpuAvailable
+from . import gpu_hours, imagerefs, names, networks
+from .gpu_queue import QueueTimeout, waiting_message
+from .gpu_queue_store import Notice, wait_in_line
+from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
 from .names import template_literal
 
 
@@ -26,6 +28,10 @@ def host_config(spawner):
     dict it gets, which would turn a docker.types.DeviceRequest into one docker-py
     no longer accepts."""
     config = dict(spawner.security_host_config)
+    if getattr(spawner, "mem_limit", None):
+        # no swap beyond the limit (Docker's default allows as much again): where the
+        # host has swap, a kernel past its limit would thrash instead of being stopped
+        config["memswap_limit"] = spawner.mem_limit
     if spawner.gpus:
         config["device_requests"] = [{
             "driver": "nvidia",
@@ -129,6 +135,11 @@ class GpuhubSpawner(DockerSpawner):
         The GPU allocator (hub.gpus.GpuAllocator) shared by all spawners, or None when
         the host has no GPUs. Example: c.GpuhubSpawner.gpu_allocator = GpuAllocator(...)
         """)
+    gpu_queue = Any(None, config=True, help="""
+        The line for GPUs (hub.gpu_queue_store.GpuQueue) in front of gpu_allocator, or None
+        to refuse a spawn at once when no GPU is free. Example:
+        c.GpuhubSpawner.gpu_queue = GpuQueue(allocator, timeout=1800)
+        """)
     security_host_config = Dict(config=True, help="""
         Host config every user container gets, e.g. {"cap_drop": ["ALL"], "init": True}.
         """)
@@ -168,6 +179,11 @@ class GpuhubSpawner(DockerSpawner):
         super().__init__(**kwargs)
         self.gpus = []
         self._peers_checked = False
+        self._gpu_notice = Notice()
+
+    def clear_state(self):
+        super().clear_state()
+        self._gpu_notice = Notice()  # a new spawn: a new waiting message
 
     @default("escape")
     def _default_escape(self):
@@ -224,9 +240,33 @@ class GpuhubSpawner(DockerSpawner):
         raise web.HTTPError(403, f"The course {slug!r} is not offered to {self.user.name}.")
 
     # -- start and stop --
+    def gpus_wanted(self, course):
+        if not course or (self.user_options.get("cpu_only") and course.allow_cpu):
+            return 0
+        return course.gpus
+
+    async def run_pre_spawn_hook(self):
+        # The wait for a GPU happens here, before start(): JupyterHub 5.5 times only
+        # start() (asyncio.wait_for(spawner.start(), start_timeout) in User.spawn), so a
+        # student in line is not cut short by start_timeout; GPUHUB_GPU_QUEUE_TIMEOUT is
+        # the bound of the wait. A DELETE of the pending server cancels it here.
+        try:
+            await self._take_gpus(self.chosen_course())
+        finally:
+            self._gpu_notice.finish()
+        result = super().run_pre_spawn_hook()
+        if inspect.isawaitable(result):
+            await result
+
+    async def progress(self):
+        # the place in line first, then DockerSpawner's (JupyterHub's) own events
+        async for event in self._gpu_notice.events():
+            yield event
+        async for event in super().progress():
+            yield event
+
     async def start(self):
         course = self.chosen_course()
-        wanted = 0
         if course:
             self.image = course.image
             if course.mem_limit:
@@ -235,12 +275,7 @@ class GpuhubSpawner(DockerSpawner):
                 self.cpu_limit = course.cpu_limit
             if course.nbgitpuller:
                 self.default_url = course.git_pull_default_url()
-            wanted = 0 if self.user_options.get("cpu_only") and course.allow_cpu else course.gpus
-        if wanted and self.gpu_allocator is None:
-            raise web.HTTPError(503, f"{course.display_name} needs {wanted} GPU(s), "
-                                     "but this hub has no GPUs configured.")
-        if wanted:
-            await self._allocate(course, wanted)
+        await self._take_gpus(course)  # done in run_pre_spawn_hook unless called directly
         try:
             await self._join_network()
             ip, port = await super().start()
@@ -342,17 +377,51 @@ class GpuhubSpawner(DockerSpawner):
             self._watch_networks()
         return status
 
-    async def _allocate(self, course, wanted):
+    async def _take_gpus(self, course):
+        """The GPUs the course wants: at once, or after waiting in line (gpu_queue)."""
+        wanted = self.gpus_wanted(course)
+        if not wanted or self.gpus:
+            return
+        if self.gpu_allocator is None:
+            raise web.HTTPError(503, f"{course.display_name} needs {wanted} GPU(s), "
+                                     "but this hub has no GPUs configured.")
         loop = asyncio.get_running_loop()
+        user, server, groups = self.user.name, self.name or "", self.group_names()
+        hint = (" You can start the CPU-only variant instead: tick 'Start without a GPU' on "
+                "the spawn page." if course.allow_cpu else "")
+
+        def check_budget():
+            gpu_hours.check_budget(self.gpu_allocator.engine, user, course.slug,
+                                   course.gpu_hours_per_week, self.gpu_allocator.clock(),
+                                   course.display_name)
         try:
-            self.gpus = await loop.run_in_executor(
-                None, self.gpu_allocator.allocate,
-                self.user.name, self.name or "", wanted, self.group_names())
-        except (NoGpuAvailable, GroupCapReached) as e:
-            hint = (" You can start the CPU-only variant instead: tick "
-                    "'Start without a GPU' on the spawn page." if course.allow_cpu else "")
+            await loop.run_in_executor(None, check_budget)
+            if self.gpu_queue is None or self.gpu_queue.timeout <= 0:
+                self.gpus = await loop.run_in_executor(None, lambda: self.gpu_allocator.allocate(
+                    user, server, wanted, groups, course=course.slug))
+            else:
+                self.gpus = await wait_in_line(
+                    self.gpu_queue, user, server, wanted, groups, course.slug,
+                    on_status=lambda status: self._gpu_notice.set(
+                        self._waiting_event(status, course)),
+                    before_take=check_budget)
+        except gpu_hours.BudgetExceeded as e:
+            raise web.HTTPError(403, f"{e}{hint}") from None
+        except (NoGpuAvailable, GroupCapReached, QueueTimeout, GpuAllocationError) as e:
             raise web.HTTPError(503, f"{e}{hint}") from None
         self.log.info("Allocated %s to %s", ", ".join(g.uuid for g in self.gpus), self._log_name)
+
+    def _waiting_event(self, status, course):
+        """The spawn-pending page's event while waiting: the place, an estimate, the way out."""
+        text = waiting_message(status, self.gpu_allocator.clock())
+        home = f"{self.hub.base_url}home" if self.hub else "/hub/home"
+        cpu = (f" or start {course.display_name} without a GPU (CPU only) from there"
+               if course.allow_cpu else "")
+        html_text = (f"{html.escape(text)} To leave the line, stop the server on "
+                     f'<a href="{html.escape(home)}">your home page</a>{html.escape(cpu)}.')
+        return {"progress": 10, "message": text, "html_message": html_text,
+                "gpuhub_queue": {"position": status.position, "ahead": status.ahead,
+                                 "state": status.state}}
 
     async def _release(self):
         if self.gpu_allocator is None:
@@ -363,6 +432,10 @@ class GpuhubSpawner(DockerSpawner):
         if released:
             self.log.info("Released %s from %s", ", ".join(released), self._log_name)
         self.gpus = []
+        if self.gpu_queue is not None:
+            # a stopped spawn leaves the line (if it still had a place); the next one moves up
+            await loop.run_in_executor(None, self.gpu_queue.leave, self.user.name, self.name or "")
+            self.gpu_queue.notify()
 
     async def stop(self, now=False):
         try:
@@ -385,6 +458,7 @@ class GpuhubSpawner(DockerSpawner):
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in self.gpus) or "void"
         if self.gpus:
             env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+        env.update(gpu_info_env(self.gpus))
         course = self.chosen_course() if self.catalog else None
         if course:
             env["GPUHUB_COURSE"] = course.slug
@@ -403,6 +477,16 @@ class GpuhubSpawner(DockerSpawner):
         # the database, not the saved state, says what the server holds (reconciled at start)
         if self.gpu_allocator and state.get("gpus"):
             self.gpus = self.gpu_allocator.held_by(self.user.name, self.name or "")
+
+
+def gpu_info_env(gpus):
+    """What the student's "My GPU" page shows (images/tensorflow-2.9-gpu, gpu_page.py):
+    the held GPUs' names and memory from the inventory, in NVIDIA_VISIBLE_DEVICES order,
+    comma-separated (empty where NVML did not say)."""
+    return {
+        "GPUHUB_GPU_NAMES": ",".join((g.name or "").replace(",", " ") for g in gpus),
+        "GPUHUB_GPU_MEMORY_MIB": ",".join(str(g.memory_mib or "") for g in gpus),
+    }
 
 
 def render_options_form(spawner):

@@ -400,7 +400,8 @@ def test_tables_beside_an_existing_jupyterhub_database_and_a_restart(tmp_path):
     a = make(tmp_path, n=2, name="jupyterhub.sqlite")
     a.allocate("ada", "", 1)
     tables, rows = snapshot(path)
-    assert set(tables) - set(hub_tables) == {"gpuhub_schema", "gpuhub_gpu_slots", "gpuhub_group_slots"}
+    assert set(tables) - set(hub_tables) == {"gpuhub_schema", "gpuhub_gpu_slots", "gpuhub_group_slots",
+                                             "gpuhub_gpu_usage"}
     assert {t: tables[t] for t in hub_tables} == hub_tables, "JupyterHub's tables unchanged"
     assert {t: rows[t] for t in hub_tables} == hub_rows, "and their rows too"
     assert rows["gpuhub_schema"] == [("gpus", gpu_store.SCHEMA_VERSION)]

@@ -135,7 +135,7 @@ class Stack:
         if RUN_ID and not self.env["GPUHUB_VERSION"].endswith(RUN_ID):
             self.env["GPUHUB_VERSION"] += RUN_ID
         copy_repository(self.dir)
-        (self.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
+        self.write_env()
         (self.dir / "jupyterhub_config.d" / "90-e2e-service.py").write_text(
             "# written by the end-to-end tests: a scoped service token for their API calls\n"
             f"c.JupyterHub.services.append({{'name': 'e2e', 'api_token': {self.token!r}}})\n"
@@ -156,9 +156,26 @@ class Stack:
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
+    def write_env(self):
+        (self.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.env.items()))
+
     def up(self):
         self.compose("build")
-        self.compose("up", "-d")
+        for attempt in range(3):
+            result = self.compose("up", "-d", check=False)
+            # another stack on this engine took the control subnet between free_subnet()
+            # and now (several checkouts' runs share one engine): take another one
+            if result.returncode and "Pool overlaps" in result.stderr and attempt < 2:
+                self.compose("down", "--remove-orphans", check=False)
+                subnet = free_subnet(self.client)
+                self.env.update(GPUHUB_CONTROL_SUBNET=str(subnet),
+                                GPUHUB_PROXY_CONTROL_IP=str(subnet.network_address + 6))
+                self.write_env()
+                continue
+            break
+        if result.returncode:
+            raise AssertionError(f"compose up failed ({result.returncode}):\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         self.wait_healthy()
 
     def container(self, service):

@@ -23,6 +23,8 @@ def gpu_stack(tmp_path_factory, docker_client, standin_bases):
         "GPUHUB_GPUS": ",".join(GPUS),
         "GPUHUB_GPU_MODE": "exclusive",
         "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
+        # no line: these tests are about refusals (the line: test_gpu_queue_e2e.py)
+        "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
     })
     image = s.env["GPUHUB_USER_IMAGE"]
     (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [

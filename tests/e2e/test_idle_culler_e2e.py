@@ -20,6 +20,7 @@ def culled_stack(tmp_path_factory, docker_client, standin_bases):
     s = make_stack(tmp_path_factory, docker_client, "gpuhubcull", real_traefik=False, extra_env={
         "GPUHUB_GPUS": GPU,
         "GPUHUB_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+        "GPUHUB_GPU_QUEUE_TIMEOUT": "0",  # a refusal, not a place in line (see test_gpu_queue_e2e)
         "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
     })
     (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
