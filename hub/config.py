@@ -13,7 +13,7 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, origins, routes_file, settings, startup
+from . import auth, culling, gpu_culler, origins, routes_file, settings, startup, stop_reasons
 from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 
 TRAEFIK_API_USER = "gpuhub"
@@ -88,22 +88,28 @@ def update_spawner(c, s, ready):
     c.GpuhubSpawner.catalog = ready.catalog
     c.GpuhubSpawner.gpu_allocator = ready.allocator
     c.GpuhubSpawner.gpu_queue = ready.queue
+    # the spawner tells JupyterLab when the GPU session ends (GPUHUB_GPU_DEADLINE)
+    c.GpuhubSpawner.cull_policy = culling.hub_policy(s, ready.catalog, ready.allocator)
 
 
 def update_services(c, s, ready):
-    c.JupyterHub.services = []
-    c.JupyterHub.load_roles = []
+    services, roles = [], []
     if s.idle_timeout:
-        c.JupyterHub.services = [{
+        services = [{
             "name": "idle-culler",
             "command": [sys.executable, "-m", "jupyterhub_idle_culler",
                         f"--timeout={s.idle_timeout}"],
         }]
-        c.JupyterHub.load_roles = [{
+        roles = [{
             "name": "idle-culler",
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             "services": ["idle-culler"],
         }]
+    # what jupyterhub-idle-culler lacks: GPU sessions, per-course timeouts (hub.gpu_culler)
+    more_services, more_roles = gpu_culler.service(
+        culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source)
+    c.JupyterHub.services = services + more_services
+    c.JupyterHub.load_roles = roles + more_roles
     # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so
     # that they read the spawner's allocator and line
     c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator,
@@ -113,8 +119,14 @@ def update_services(c, s, ready):
 
 
 def update_pages(c, s, ready):
-    c.JupyterHub.template_vars = {"gpuhub_lab_name": s.lab_name,
-                                  "gpuhub_dev_login": s.auth_provider == "dummy"}
+    c.JupyterHub.template_vars = {
+        "gpuhub_lab_name": s.lab_name,
+        "gpuhub_dev_login": s.auth_provider == "dummy",
+        # the home page says why the gpu-culler stopped a server, and when servers stop
+        "gpuhub_stop_notices": stop_reasons.home_page_notices(stop_reasons.StopReasons(s.db_url)),
+        "gpuhub_culling": culling.summary(culling.hub_policy(s, ready.catalog, ready.allocator),
+                                          s.idle_timeout),
+    }
 
 
 UPDATES = (update_hub, update_proxy, update_origins, update_auth, update_spawner, update_services,

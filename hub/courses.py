@@ -69,6 +69,10 @@ class Course:
     nbgitpuller: Optional[GitContent] = None
     build: Optional[Build] = None
     gpu_hours_per_week: Optional[float] = None  # a budget per student; None: no budget
+    # culling overrides in seconds (hub.culling); None: the hub's GPUHUB_* setting
+    idle_timeout: Optional[int] = None
+    gpu_idle_timeout: Optional[int] = None
+    gpu_max_age: Optional[int] = None
 
     def _git_pull_query(self):
         content = self.nbgitpuller
@@ -279,6 +283,9 @@ def _course(entry, is_default, base_dir):
         ) if build else None,
         gpu_hours_per_week=(float(entry["gpu_hours_per_week"])
                             if "gpu_hours_per_week" in entry else None),
+        # JSON Schema's integers include 1800.0
+        **{name: int(entry[name]) for name in ("idle_timeout", "gpu_idle_timeout", "gpu_max_age")
+           if name in entry},
     )
 
 

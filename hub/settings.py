@@ -213,6 +213,24 @@ def group_caps(raw):
     return gpus.parse_group_caps(raw, "GPUHUB_GPU_GROUP_CAPS")
 
 
+def percent(raw):
+    value = raw.strip()
+    # ASCII digits only, as integer(): float() also takes "٣" and "nan"
+    if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6})?", value, re.ASCII):
+        raise ValueError("a percentage from 0 to 100, such as 5")
+    value = float(value)
+    if not 0 <= value <= 100:
+        raise ValueError("a percentage from 0 to 100, such as 5")
+    return value
+
+
+def usage_source(raw):
+    value = raw.strip()
+    if value in ("nvml", "none") or (value.startswith("file:/") and len(value) > 6):
+        return value
+    raise ValueError("nvml, none, or file:/absolute/path (a JSON file of GPU: percent)")
+
+
 def absolute_path(raw):
     value = raw.strip()
     if not value.startswith("/"):
@@ -335,6 +353,21 @@ SETTINGS = (
             "for big bursts on few cores (docs/performance.md)."),
     Setting("GPUHUB_IDLE_TIMEOUT", non_negative, "3600",
             "Stop servers idle this many seconds (0: never); stopping frees their GPUs."),
+    # GPU sessions (hub.culling, enforced by the gpu-culler service; courses may override)
+    Setting("GPUHUB_GPU_IDLE_TIMEOUT", non_negative, "1800",
+            "Stop a server that holds a GPU when its GPU stayed below GPUHUB_GPU_IDLE_PERCENT "
+            "this many seconds, even if the notebook is active; where GPU use is not measured, "
+            "after this many seconds without activity (0: never)."),
+    Setting("GPUHUB_GPU_MAX_AGE", non_negative, "14400",
+            "A GPU session ends this many seconds after the server got its GPU, whatever its "
+            "activity (0: no limit). JupyterLab shows the time left."),
+    Setting("GPUHUB_GPU_IDLE_PERCENT", percent, "5",
+            "GPU utilisation (percent) below which a GPU counts as unused."),
+    Setting("GPUHUB_GPU_WARNING", non_negative, "600",
+            "JupyterLab warns this many seconds before a GPU session reaches its maximum age."),
+    Setting("GPUHUB_GPU_USAGE_SOURCE", usage_source, "nvml",
+            "Where GPU utilisation comes from: nvml (needs the hub container to see the GPUs), "
+            "none, or file:/path (a JSON file {\"GPU-...\": percent} that something else writes)."),
     # -- courses and GPUs --
     Setting("GPUHUB_CATALOG", lambda raw: absolute_path(raw) if raw.strip() else None, "",
             "Course catalog file inside the hub (catalog/ is mounted at /srv/gpuhub/catalog); "
@@ -452,3 +485,14 @@ def load(environ=None, only=None):
     if problems:
         raise SettingsError(problems)
     return loaded
+
+
+def jupyterhub_service(environ=None):
+    """(API URL, API token) that JupyterHub gives a managed service it starts (the
+    gpu-culler): JupyterHub's variables, not gpuhub settings, read here with the rest."""
+    environ = os.environ if environ is None else environ
+    missing = [name for name in ("JUPYTERHUB_API_URL", "JUPYTERHUB_API_TOKEN") if not environ.get(name)]
+    if missing:
+        raise SettingsError([f"{name} is not set: JupyterHub sets it for the services it "
+                             "starts (hub.gpu_culler runs as one)" for name in missing])
+    return environ["JUPYTERHUB_API_URL"], environ["JUPYTERHUB_API_TOKEN"]

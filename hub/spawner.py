@@ -6,6 +6,7 @@ systemd.py apart from its spawner.
 """
 
 import asyncio
+import datetime
 import html
 import inspect
 
@@ -15,7 +16,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any, Dict, Float, List, Unicode, default
 
-from . import gpu_hours, imagerefs, names, networks
+from . import culling, gpu_hours, imagerefs, names, networks
 from .gpu_queue import QueueTimeout, waiting_message
 from .gpu_queue_store import Notice, wait_in_line
 from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
@@ -174,6 +175,11 @@ class GpuhubSpawner(DockerSpawner):
         """)
 
     _network_watch = None  # one watch per hub process (see _watch_networks)
+
+    cull_policy = Any(None, config=True, help="""
+        When servers stop (hub.culling.Policy); the spawner tells JupyterLab the GPU
+        session's deadline. Example: c.GpuhubSpawner.cull_policy = Policy.build(Limits(...))
+        """)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -463,6 +469,10 @@ class GpuhubSpawner(DockerSpawner):
         if course:
             env["GPUHUB_COURSE"] = course.slug
         env.update(egress_env(self.user_egress, self.egress_url, self.object_name))
+        if self.gpus and self.cull_policy:
+            # the GPUs were taken a moment ago (start() allocates before the container)
+            env.update(culling.session_env(self.cull_policy.limits(course.slug if course else None),
+                                           datetime.datetime.now(datetime.timezone.utc)))
         return env
 
     # -- state across hub restarts --

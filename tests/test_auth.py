@@ -253,7 +253,8 @@ def test_hub_config_with_an_oidc_issuer(tmp_path, issuer):
     assert c.JupyterHub.authenticator_class == "hub.authenticators.GpuhubGenericOAuthenticator"
     assert c.JupyterHub.load_groups == {}
     assert c.CryptKeeper["keys"] == [(tmp_path / "state" / "crypt-key").read_text()]
-    assert c.JupyterHub.template_vars == {"gpuhub_lab_name": "GPU Hub", "gpuhub_dev_login": False}
+    assert c.JupyterHub.template_vars["gpuhub_lab_name"] == "GPU Hub"
+    assert c.JupyterHub.template_vars["gpuhub_dev_login"] is False
 
 
 @pytest.mark.parametrize("name, title", [("login.html", "Ada&#39;s &lt;GPU&gt; Lab"),

@@ -304,8 +304,8 @@ def test_schema_describes_every_field_and_allows_no_others():
     course = SCHEMA["$defs"]["course"]["properties"]
     assert set(course) == {"slug", "display_name", "description", "image", "default", "gpus",
                            "allow_cpu", "mem_limit", "cpu_limit", "groups", "nbgitpuller",
-                           "build",
-                           "gpu_hours_per_week"}
+                           "build", "gpu_hours_per_week", "idle_timeout", "gpu_idle_timeout",
+                           "gpu_max_age"}
 
 
 # ---------------------------------------------------------------- the course template

@@ -126,7 +126,14 @@ c.JupyterHub.ssl_key = ""
 
 
 @pytest.fixture(scope="module")
-def browser_stack(tmp_path_factory, docker_client, standin_bases):
+def browser_stack_options():
+    """What a test module that imports browser_stack adds: {"env": {...}, "prepare":
+    callable(stack) run before the build (e.g. to write a catalog)}. Override it there."""
+    return {"env": {}, "prepare": None}
+
+
+@pytest.fixture(scope="module")
+def browser_stack(tmp_path_factory, docker_client, standin_bases, browser_stack_options):
     """The deployment, logging in through the test's OpenID Connect provider."""
     install_provider()
     real_traefik = image_exists(docker_client, traefik_image())
@@ -144,7 +151,10 @@ def browser_stack(tmp_path_factory, docker_client, standin_bases):
         env.update({"CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
                     "GPUHUB_E2E_CHP_PORT": str(chp_port),
                     "OAUTH_CALLBACK_URL": f"http://127.0.0.1:{chp_port}/hub/oauth_callback"})
+    env.update(browser_stack_options["env"])
     stack = Stack(workdir / "repo", docker_client, "gpuhubbrowser", real_traefik, env)
+    if browser_stack_options["prepare"]:
+        browser_stack_options["prepare"](stack)
     stack.files += ["-f", "tests/e2e/oidc/compose.users-subnet.yml"]
     auth_state_token = secrets.token_hex(16)
     (stack.dir / "jupyterhub_config.d" / "91-e2e-auth-state.py").write_text(
