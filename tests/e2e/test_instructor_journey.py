@@ -100,7 +100,7 @@ def test_a_student_picks_the_course_and_finds_its_files(journey):
             assert set(names) == {"week1", "README.md"}, names  # no Dockerfile, no lock
             # the course's own package, in a notebook
             page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
-            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=240_000)
             editor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first
             editor.click()
             page.keyboard.type("import sympy; print('sympy', sympy.__version__)")
