@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from hub.settings import SETTINGS, SettingsError
 
-# the services of the guard's own compose project that may join a student's network
-JOINING_SERVICES = ("hub", "proxy", "egress")
+# the services of the guard's own compose project that may join a student's network,
+# besides the proxy services (GPUHUB_PROXY_SERVICES)
+JOINING_SERVICES = ("hub", "egress")
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 USER_LABEL = "org.gpuhub.user"
@@ -29,8 +30,12 @@ class Policy:
     gpus: frozenset = frozenset()
     bind_paths: tuple = ()
     project: str = ""  # the guard's own compose project, whose hub and proxy join networks
-    joining_services: tuple = JOINING_SERVICES
+    proxy_services: tuple = ("proxy",)
     max_body: int = MAX_BODY
+
+    @property
+    def joining_services(self):
+        return JOINING_SERVICES + tuple(self.proxy_services)
 
 
 # setting (hub/settings.py) -> Policy field
@@ -40,6 +45,7 @@ FROM_SETTINGS = {
     "GPUHUB_CONTAINER_USER": "container_user",
     "GPUHUB_USER_NETWORK": "user_network",
     "GPUHUB_GUARD_BIND_PATHS": "bind_paths",
+    "GPUHUB_PROXY_SERVICES": "proxy_services",
 }
 
 

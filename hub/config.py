@@ -64,6 +64,7 @@ def update_spawner(c, s, ready):
     c.DockerSpawner.use_internal_ip = True
     c.GpuhubSpawner.server_subnets = s.server_subnets
     c.GpuhubSpawner.user_egress = s.user_egress
+    c.GpuhubSpawner.proxy_services = list(s.proxy_services)
     c.DockerSpawner.prefix = s.container_prefix
     c.DockerSpawner.notebook_dir = s.notebook_dir
     # a named volume per user: work survives container removal and image upgrades

@@ -343,6 +343,10 @@ SETTINGS = (
     Setting("GPUHUB_DISK_LIMIT", size, "",
             "Size of a user server's writable layer, e.g. 20g (empty: none); needs Docker's "
             "overlay2 on xfs mounted with pquota (docs/security.md)."),
+    Setting("GPUHUB_PROXY_SERVICES", names, "proxy",
+            "Compose services that are the proxy: the hub attaches them to every user "
+            "server's network and the Docker API guard lets them join (Traefik's service; "
+            "the tests put configurable-http-proxy there)."),
     Setting("GPUHUB_GUARD_BIND_PATHS", host_dirs, "",
             "Host directories the Docker API guard lets user containers mount read-only, "
             "comma-separated (e.g. /srv/datasets); empty: none, only named volumes."),

@@ -511,3 +511,22 @@ def test_the_settings_parser_needs_only_the_guards_requirements():
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 outside |= {n.split(".")[0] for n in names}
     assert outside - set(sys.stdlib_module_names) <= allowed, (seen, outside)
+
+
+async def test_the_proxy_services_setting_names_who_joins_as_the_proxy():
+    """GPUHUB_PROXY_SERVICES: the service that stands in for Traefik (the tests' chp) joins
+    students' networks; the default `proxy` service then does not."""
+    import dataclasses
+    chp = {"Id": "k" * 64, "Name": "/gpuhub_chp_1", "Config": {"Labels": {
+        "com.docker.compose.project": "gpuhub", "com.docker.compose.service": "chp"}}}
+    FakeEngine.containers["gpuhub_chp_1"] = chp
+    try:
+        path = "/v1.41/networks/gpuhub-alice/connect"
+        body = json.dumps({"Container": "gpuhub_chp_1"}).encode()
+        await refused(call("POST", path, body=body), "gpuhub-containers-only")
+        with_chp = dataclasses.replace(POLICY, proxy_services=("chp",))
+        assert (await decide(call("POST", path, body=body), with_chp)).rule == "network-connect"
+        proxy = json.dumps({"Container": "gpuhub_proxy_1"}).encode()
+        await refused(call("POST", path, body=proxy), "gpuhub-containers-only", policy=with_chp)
+    finally:
+        del FakeEngine.containers["gpuhub_chp_1"]

@@ -13,7 +13,7 @@ import yaml
 
 from . import test_browser_login as login
 from .stack import wait_for
-from .test_browser_login import (Student, browser, browser_stack, dismiss_news_toast,  # noqa: F401
+from .test_browser_login import (browser_stack_options, Student, browser, browser_stack, dismiss_news_toast,  # noqa: F401
                                  sign_in_through_sso, student)
 from .test_gpus_e2e import device_ids
 

@@ -115,8 +115,6 @@ CHP_CONFIG = """\
 c.JupyterHub.proxy_class = "configurable-http-proxy"
 c.ConfigurableHTTPProxy.should_start = False
 c.ConfigurableHTTPProxy.api_url = "http://chp:8001"
-# the proxy that joins every user server's network (hub/networks.py) is chp here
-c.GpuhubSpawner.proxy_services = ["chp"]
 # the API token is CONFIGPROXY_AUTH_TOKEN from .env, which ConfigurableHTTPProxy reads itself
 c.JupyterHub.bind_url = {public_url!r}
 # CHP here speaks plain HTTP on 127.0.0.1; the certificate was for Traefik
@@ -150,6 +148,8 @@ def browser_stack(tmp_path_factory, docker_client, standin_bases, browser_stack_
         chp_port = free_port()
         env.update({"CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
                     "GPUHUB_E2E_CHP_PORT": str(chp_port),
+                    # chp is the proxy: it joins every server's network (hub/networks.py)
+                    "GPUHUB_PROXY_SERVICES": "chp",
                     "OAUTH_CALLBACK_URL": f"http://127.0.0.1:{chp_port}/hub/oauth_callback"})
     env.update(browser_stack_options["env"])
     stack = Stack(workdir / "repo", docker_client, "gpuhubbrowser", real_traefik, env)

@@ -85,7 +85,8 @@ def origin_stack(tmp_path_factory, docker_client, standin_bases):
            "GPUHUB_VERSION": "origin"}
     if not real_traefik:
         env.update({"CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
-                    "GPUHUB_E2E_CHP_PORT": str(port), "GPUHUB_E2E_CHP_ROUTING": "--host-routing"})
+                    "GPUHUB_E2E_CHP_PORT": str(port), "GPUHUB_E2E_CHP_ROUTING": "--host-routing",
+                    "GPUHUB_PROXY_SERVICES": "chp"})
     stack = Stack(workdir / "repo", docker_client, "gpuhuborigin", real_traefik, env)
     stack.files += ["-f", "tests/e2e/oidc/compose.users-subnet.yml"]
     if not real_traefik:

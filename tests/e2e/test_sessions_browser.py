@@ -13,7 +13,7 @@ import re
 import pytest
 import requests
 
-from .test_browser_login import (ACCOUNTS, browser, browser_stack,  # noqa: F401 (fixtures)
+from .test_browser_login import (browser_stack_options, ACCOUNTS, browser, browser_stack,  # noqa: F401 (fixtures)
                                  sign_in_through_sso, student)
 from .stack import wait_for
 

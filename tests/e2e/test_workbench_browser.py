@@ -88,6 +88,7 @@ def workbench_stack(tmp_path_factory, docker_client, standin_bases):
         chp_port = free_port()
         env.update({"CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
                     "GPUHUB_E2E_CHP_PORT": str(chp_port),
+                    "GPUHUB_PROXY_SERVICES": "chp",
                     "OAUTH_CALLBACK_URL": f"http://127.0.0.1:{chp_port}/hub/oauth_callback"})
     stack = Stack(workdir / "repo", docker_client, "gpuhubworkbench", real_traefik, env)
     stack.files += ["-f", "tests/e2e/oidc/compose.users-subnet.yml"]
