@@ -8,7 +8,7 @@ UV = $(VENV)/bin/uv
 help:
 	@echo "make test       install what the tests need, then run every test (as CI does)"
 	@echo "make test-fast  only the tests that need no Docker engine"
-	@echo "make images     build every image in the catalog with the mirrors from .env"
+	@echo "make images     build every image in the catalog with the mirrors from .env (BUILD_ARGS=--check: check only)"
 	@echo "make lock       regenerate the hash-locked requirements from the *.in files"
 	@echo "make bench      benchmarks: spawn, burst, API load, memory, image builds (docs/performance.md)"
 
@@ -21,8 +21,16 @@ test-fast:
 setup:
 	bash .ci/setup
 
-images:
-	python images/build
+# images/build in a venv of its own (python3 and its venv module are all a fresh Ubuntu
+# host needs: `sudo apt-get install python3-venv`), from a hash-locked requirements file.
+IMAGES_VENV ?= .venv-images
+$(IMAGES_VENV)/.installed: images/requirements.txt
+	python3 -m venv $(IMAGES_VENV) || { echo "make images: python3 -m venv failed; on Ubuntu: sudo apt-get install python3-venv" >&2; exit 1; }
+	$(IMAGES_VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r images/requirements.txt
+	touch $@
+
+images: $(IMAGES_VENV)/.installed
+	$(IMAGES_VENV)/bin/python images/build $(BUILD_ARGS)
 
 $(UV):
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv
@@ -30,6 +38,7 @@ $(UV):
 # Python 3.11/3.12 for the hub (universal), 3.8 on Linux x86-64 for the user image and
 # for the stand-in of its base (as of the base's release, 2022-11).
 lock: $(UV)
+	cd images && ../$(UV) pip compile requirements.in --universal --python-version 3.10 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd hub && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd guard && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests && ../$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt

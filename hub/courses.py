@@ -97,6 +97,11 @@ class Catalog:
     courses: Tuple[Course, ...]
     path: str = "catalog"
 
+    def __deepcopy__(self, memo):
+        # traitlets deep-copies configuration values into every spawner; the catalog is
+        # immutable (frozen, read-only mappings that deepcopy cannot copy), so one will do
+        return self
+
     @property
     def default(self):
         return next(c for c in self.courses if c.default)

@@ -322,7 +322,7 @@ def test_template_dockerfile_follows_the_house_rules():
     # CA certificates, apt mirror and the guarded pip install: the step every image shares
     assert "RUN gpuhub-image-setup ca /tmp/course/certs \\" in instructions
     assert ' && gpuhub-image-setup apt-mirror "$APT_MIRROR"' in instructions
-    assert "RUN gpuhub-image-setup pip-install /tmp/course/requirements.txt \\" in instructions
+    assert "RUN gpuhub-image-setup course-install /tmp/course/requirements.txt \\" in instructions
     assert "EXTRA_CA_BUNDLE" not in text
 
 
@@ -521,3 +521,84 @@ def test_a_bad_catalog_stops_the_build_naming_the_entry(project):
     result = project.build("--dry-run", expect=2)
     assert "courses[1] (slug 'CS101'): field 'slug'" in result.stderr
     assert not project.docker_calls("build")
+
+
+# -- the instructor's checks: images/build --check, the course locks, the base's name --
+def test_check_refuses_a_missing_group_a_duplicate_slug_and_an_unknown_field(project):
+    result = project.build("--check", expect=0, GPUHUB_GROUPS="cs101-2025")
+    assert "3 course(s) fine" in result.stdout
+    text = project.catalog_path.read_text()
+    project.catalog_path.write_text(text.replace(
+        "image: gpuhub/course-cs101:2025\n    build:",
+        "image: gpuhub/course-cs101:2025\n    groups: [cs101-2025]\n    build:", 1))
+    assert project.catalog_path.read_text() != text
+    missing = project.build("--check", expect=2, GPUHUB_GROUPS="other")
+    assert "courses[1] (slug 'cs101'): field 'groups': unknown group 'cs101-2025'" in missing.stderr
+    assert not project.docker_calls("build")
+    project.build("--check", GPUHUB_GROUPS="other, cs101-2025")
+    project.catalog_path.write_text(text.replace("slug: cs101-cpu", "slug: cs101"))
+    assert "duplicate slug" in project.build("--check", expect=2).stderr
+    project.catalog_path.write_text(text.replace("display_name: CS 101\n",
+                                                 "display_name: CS 101\n    colour: red\n"))
+    unknown = project.build("--check", expect=2).stderr
+    assert "courses[1]" in unknown and "colour" in unknown, unknown
+
+
+def test_a_course_lock_that_would_change_a_base_package_stops_the_build(project):
+    base = read_pins(ROOT / "images" / "tensorflow-2.9-gpu" / "requirements.txt")
+    name = "typing-extensions" if "typing-extensions" in base else sorted(base)[0]
+    lock = project.root / "courses" / "cs101" / "requirements.txt"
+    lock.write_text(lock.read_text() + f"{name}==0.0.1 \\\n    --hash=sha256:{'0' * 64}\n")
+    result = project.build("--dry-run", expect=2)
+    assert f"{name}==0.0.1 would replace the base image's {name}=={base[name]}" in result.stderr
+    assert "re-lock the course with -c images/tensorflow-2.9-gpu/requirements.txt" in result.stderr
+    assert "docker build" not in result.stdout
+
+
+def test_a_course_lock_older_than_the_base_lock_is_a_warning(project):
+    lock = project.root / "courses" / "cs101" / "requirements.txt"
+    os.utime(lock, (1_000_000_000, 1_000_000_000))  # 2001: older than any base lock
+    result = project.build("--dry-run")
+    assert f"warning: {lock} is older than images/tensorflow-2.9-gpu/requirements.txt" in result.stderr
+    os.utime(lock, None)
+    assert "warning" not in project.build("--dry-run").stderr
+
+
+def test_the_base_image_is_named_by_gpuhub_user_image(project):
+    out = project.build("--dry-run", GPUHUB_USER_IMAGE="registry.example.edu/lab/tf29:2026.1").stdout
+    base, course = commands(out)
+    assert base[base.index("--tag") + 1] == "registry.example.edu/lab/tf29:2026.1"
+    assert "BASE_IMAGE=registry.example.edu/lab/tf29:2026.1" in build_args(course)
+
+
+def test_use_existing_base_builds_only_the_courses(project):
+    missing = project.build("--use-existing-base", expect=2)
+    assert f"there is no image {BASE_TAG} here" in missing.stderr
+    project.build()  # the fake engine now has the base
+    out = project.build("--use-existing-base", "--force").stdout
+    assert f"# using the existing base image {BASE_TAG}" in out
+    built = [c["args"][c["args"].index("--tag") + 1] for c in project.docker_calls("build")]
+    assert built[-1] == "gpuhub/course-cs101:2025" and built.count(BASE_TAG) == 1
+
+
+def test_builds_leave_no_containers_behind(project):
+    out = project.build("--dry-run").stdout
+    assert all("--force-rm" in c for c in commands(out))
+
+
+def test_a_catalog_with_build_arguments_survives_the_spawners_deep_copy(tmp_path):
+    """traitlets deep-copies c.GpuhubSpawner.catalog into each spawner: a course with
+    build args (read-only mappings) once made every spawn fail."""
+    import copy
+    (tmp_path / "course").mkdir()
+    path = write(tmp_path, """\
+        courses:
+          - {slug: tf, display_name: TF, image: gpuhub/tensorflow-2.9-gpu:latest, default: true}
+          - slug: cs101
+            display_name: CS 101
+            image: gpuhub/course-cs101:2025
+            build: {context: course, args: {COURSE_VERSION: "2025"}}
+        """)
+    catalog = load_catalog(path)
+    assert copy.deepcopy(catalog) == catalog
+    assert copy.deepcopy(catalog).get("cs101").build.args["COURSE_VERSION"] == "2025"

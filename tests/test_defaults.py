@@ -14,7 +14,7 @@ from hub import settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DIFFERS = {
-    "GPUHUB_DOMAIN": "required (no default); the example shows what a host name looks like",
+    "GPUHUB_DOMAIN": "required (no default); the example leaves it empty so that nothing starts for a wrong name",
     "AUTH_PROVIDER": "required (no default); the example starts with dummy, to try the hub",
     "GPUHUB_USER_IMAGE": "required (no default); the example names the image compose builds",
 }

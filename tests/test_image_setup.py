@@ -52,3 +52,72 @@ def test_tf_is_holds_the_label_to_what_is_installed(tmp_path):
 def test_an_unknown_step_is_refused(tmp_path):
     result = run(tmp_path, "mirrors")
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+# -- course-install: a real Python (a venv of this machine's) and wheels made here, offline --
+def make_wheel(folder, name, version):
+    """A minimal pure-Python wheel of `name` `version` (what pip needs, nothing more)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: gpuhub-test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+
+    def digest(text):
+        raw = hashlib.sha256(text.encode()).digest()
+        return "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    record = "".join(f"{path},{digest(text)},{len(text)}\n" for path, text in files.items())
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in {**files, f"{dist}/RECORD": record + f"{dist}/RECORD,,\n"}.items():
+            z.writestr(member, text)
+    return path
+
+
+def lock_line(wheel):
+    import hashlib
+    return f"{wheel} --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n"
+
+
+def course_env(tmp_path):
+    import sys
+    import venv
+    home = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(home)
+    python = home / "bin" / "python"
+    base = make_wheel(tmp_path, "gpuhubbasepkg", "2.0")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", str(base)], check=True)
+    return python
+
+
+def course_install(tmp_path, python, *wheels):
+    lock = tmp_path / "course-requirements.txt"
+    lock.write_text("".join(lock_line(w) for w in wheels))
+    return subprocess.run(["bash", str(SETUP), "course-install", str(lock)], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(python),
+                                          "PIP_NO_INDEX": "1"}, timeout=300)
+
+
+def test_course_install_adds_packages_and_keeps_the_base(tmp_path):
+    python = course_env(tmp_path)
+    extra = make_wheel(tmp_path, "gpuhubcoursepkg", "1.0")
+    result = course_install(tmp_path, python, extra)
+    assert result.returncode == 0, result.stderr
+    check = subprocess.run([str(python), "-c", "import gpuhubcoursepkg, gpuhubbasepkg; "
+                            "print(gpuhubbasepkg.VERSION)"], capture_output=True, text=True)
+    assert check.stdout.strip() == "2.0"
+
+
+def test_course_install_refuses_to_downgrade_a_base_package(tmp_path):
+    python = course_env(tmp_path)
+    older = tmp_path / "older"
+    older.mkdir()
+    result = course_install(tmp_path, python, make_wheel(older, "gpuhubbasepkg", "1.5"))
+    assert result.returncode == 1
+    assert "gpuhubbasepkg 2.0 (base image) -> 1.5 (course)" in result.stderr, result.stderr
+    assert "-c <base requirements.txt>" in result.stderr

@@ -52,9 +52,15 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
         pytest.fail("no docker compose / docker-compose: .ci/run installs it")
     # as an admin does it: a clone with .env.example copied to .env
     copy_repository(tmp_path)
+    admin_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "TLS_"))}
+    # copied as shipped, it names the one value nobody can guess for the admin
     shutil.copy(tmp_path / ".env.example", tmp_path / ".env")
     result = subprocess.run(compose + ["config"], cwd=tmp_path, capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "TLS_"))})
+                            env=admin_env)
+    assert result.returncode != 0 and "set GPUHUB_DOMAIN in .env" in result.stderr, result.stderr
+    (tmp_path / ".env").write_text(example_env_text(GPUHUB_DOMAIN="hub.cs.example.edu"))
+    result = subprocess.run(compose + ["config"], cwd=tmp_path, capture_output=True, text=True,
+                            env=admin_env)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     proxy, hub = config["services"]["proxy"], config["services"]["hub"]
@@ -148,16 +154,29 @@ def test_env_example_documents_every_variable():
         assert j >= 0 and lines[j].startswith("#"), f"{name} in .env.example has no comment above it"
 
 
+def example_env(**edits):
+    """.env.example as a dict, with an admin's edits."""
+    env = dict(dotenv_values(REPO / ".env.example"))
+    for key in edits:
+        assert key in env, f"{key} is not in .env.example"
+    return {**env, **edits}
+
+
+def example_env_text(**edits):
+    return "".join(f"{k}={v}\n" for k, v in example_env(**edits).items())
+
+
 def test_env_example_settings_load():
-    env = dotenv_values(REPO / ".env.example")
     # closed by default: a copied .env.example starts no hub, and says what to choose
     with pytest.raises(settings.SettingsError) as e:
-        settings.load(env)
-    assert e.value.problems == [
+        settings.load(example_env())
+    assert set(e.value.problems) == {
         "AUTH_PROVIDER is not set: github, gitlab, google, oidc; or dummy (development only: "
         "one shared password, GPUHUB_DUMMY_PASSWORD). No default: a copied .env.example "
-        "starts no hub."]
-    loaded = settings.load({**env, "AUTH_PROVIDER": "github"})
+        "starts no hub.",
+        "GPUHUB_DOMAIN is not set: Host name students type in the browser."}, e.value.problems
+    # the obvious edits: a provider and the domain
+    loaded = settings.load(example_env(AUTH_PROVIDER="github", GPUHUB_DOMAIN="hub.example.edu"))
     assert loaded.public_url == "https://hub.example.edu/"
 
 

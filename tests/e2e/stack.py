@@ -250,6 +250,12 @@ class Stack:
             return f"{self.hub_url}/user/{user}"
         return f"http://{self.ip(self.container('proxy'))}:8080/user/{user}"
 
+    def server_api(self, user, path, method="GET", **kwargs):
+        """A request to a user's server (its REST API), with the tests' service token."""
+        return requests.request(method, self.server_url(user) + path, verify=False,
+                                headers={"Authorization": f"token {self.token}"},
+                                timeout=30, **kwargs)
+
     def route_target(self, user):
         routes = self.routes_file()["http"]
         for router in routes["routers"].values():
