@@ -372,8 +372,8 @@ def write(path, text):
 def header(doc, markdown=False):
     m = doc["machine"]
     busy = doc["busy"]
-    note = ("the engine was shared: " + ", ".join(busy["other_containers_before"][:8])
-            if busy["other_containers_before"] or busy["other_containers_after"] else "no other containers running")
+    others = busy["other_containers_before"] or busy["other_containers_after"]
+    note = "the engine was shared: " + ", ".join(others[:8]) if others else "no other containers running"
     title = "# Benchmark results\n\n" if markdown else "gpuhub benchmarks\n"
     return (f"{title}{doc['started']} UTC on {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
             f"kernel {m['kernel']}, Docker {m['docker_server']} ({m['docker_storage_driver']}, cgroup v{m['cgroup_version']}); "
