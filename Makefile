@@ -27,11 +27,14 @@ images:
 $(UV):
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv
 
-# Python 3.11/3.12 for the hub (universal), 3.8 on Linux x86-64 for the user image.
+# Python 3.11/3.12 for the hub (universal), 3.8 on Linux x86-64 for the user image and
+# for the stand-in of its base (as of the base's release, 2022-11).
 lock: $(UV)
 	cd hub && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
+	cd guard && ../$(UV) pip compile requirements.in --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
 	cd tests && ../$(UV) pip compile requirements.in --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q -o requirements.txt
-	cd tests/images/tensorflow-2.9-gpu && ../../../$(UV) pip compile requirements-standin.in --python-version 3.11 --python-platform x86_64-manylinux_2_17 --generate-hashes --custom-compile-command "make lock" -q -o requirements-standin.txt
+	cd images/tensorflow-2.9-gpu && ../../$(UV) pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --generate-hashes -q -o requirements.txt --custom-compile-command "cd images/tensorflow-2.9-gpu && uv pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --generate-hashes -o requirements.txt"
+	cd tests/standin/tf-gpu-jupyter && ../../../$(UV) pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --exclude-newer 2022-11-20 --generate-hashes -q -o requirements.txt --custom-compile-command "cd tests/standin/tf-gpu-jupyter && uv pip compile requirements.in --python-version 3.8 --python-platform x86_64-manylinux_2_17 --only-binary :all: --exclude-newer 2022-11-20 --generate-hashes -o requirements.txt"
 
 # Spawn time, burst, API latency, memory and course image builds, side by side with a
 # plain DockerSpawner hub and raw `docker run` (benchmarks/run.py, docs/performance.md).

@@ -13,7 +13,7 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, origins, settings, startup
+from . import auth, origins, routes_file, settings, startup
 from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 
 TRAEFIK_API_USER = "gpuhub"
@@ -36,6 +36,7 @@ def update_proxy(c, s, ready):
     # Traefik runs in its own container and reads the routes the hub writes to a file.
     # jupyterhub-traefik-proxy's file provider, refusing routes with rule syntax (hub/proxy.py)
     c.JupyterHub.proxy_class = "hub.proxy.GpuhubTraefikProxy"
+    routes_file.install()  # mode 640: Traefik reads it by group, without DAC_OVERRIDE
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = s.routes_file
     c.TraefikFileProviderProxy.traefik_api_url = s.traefik_api_url
@@ -75,7 +76,8 @@ def update_spawner(c, s, ready):
         "init": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
-        "pids_limit": 4096,
+        "pids_limit": s.pids_limit,
+        **({"storage_opt": {"size": s.disk_limit}} if s.disk_limit else {}),
         **({"shm_size": s.shm_size} if s.shm_size else {}),
     }
     c.DockerSpawner.mem_limit = s.mem_limit

@@ -14,6 +14,7 @@ Start-up checks that need I/O (files, the database, Docker, the network) belong 
 
 import ipaddress
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -188,6 +189,17 @@ def server_pool(raw):
     return str(value)
 
 
+def host_dirs(raw):
+    """Absolute host directories, comma-separated, normalised; never / itself."""
+    dirs = []
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        normal = posixpath.normpath(item)
+        if not item.startswith("/") or normal in ("/", "//"):
+            raise ValueError("absolute host directories other than /, comma-separated")
+        dirs.append(normal)
+    return tuple(dirs)
+
+
 def lower(raw):
     return raw.strip().lower()
 
@@ -308,6 +320,14 @@ SETTINGS = (
     Setting("GPUHUB_MEM_LIMIT", size, "8g", "Memory limit of a user server (empty: none)."),
     Setting("GPUHUB_CPU_LIMIT", cpus, "4", "CPU limit of a user server (empty: none)."),
     Setting("GPUHUB_SHM_SIZE", size, "2g", "/dev/shm of a user server, for input pipelines."),
+    Setting("GPUHUB_PIDS_LIMIT", positive_int, "4096",
+            "Processes and threads a user server may run at once (a fork bomb stops there)."),
+    Setting("GPUHUB_DISK_LIMIT", size, "",
+            "Size of a user server's writable layer, e.g. 20g (empty: none); needs Docker's "
+            "overlay2 on xfs mounted with pquota (docs/security.md)."),
+    Setting("GPUHUB_GUARD_BIND_PATHS", host_dirs, "",
+            "Host directories the Docker API guard lets user containers mount read-only, "
+            "comma-separated (e.g. /srv/datasets); empty: none, only named volumes."),
     Setting("GPUHUB_START_TIMEOUT", non_negative, "300",
             "Seconds a server may take to start (image pulls of big GPU images are slow)."),
     Setting("GPUHUB_READY_TIMEOUT", positive_int, "120",

@@ -28,6 +28,10 @@ def host_config(spawner):
     dict it gets, which would turn a docker.types.DeviceRequest into one docker-py
     no longer accepts."""
     config = dict(spawner.security_host_config)
+    if getattr(spawner, "mem_limit", None):
+        # no swap beyond the limit (Docker's default allows as much again): where the
+        # host has swap, a kernel past its limit would thrash instead of being stopped
+        config["memswap_limit"] = spawner.mem_limit
     if spawner.gpus:
         config["device_requests"] = [{
             "driver": "nvidia",
@@ -454,6 +458,7 @@ class GpuhubSpawner(DockerSpawner):
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in self.gpus) or "void"
         if self.gpus:
             env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+        env.update(gpu_info_env(self.gpus))
         course = self.chosen_course() if self.catalog else None
         if course:
             env["GPUHUB_COURSE"] = course.slug
@@ -472,6 +477,16 @@ class GpuhubSpawner(DockerSpawner):
         # the database, not the saved state, says what the server holds (reconciled at start)
         if self.gpu_allocator and state.get("gpus"):
             self.gpus = self.gpu_allocator.held_by(self.user.name, self.name or "")
+
+
+def gpu_info_env(gpus):
+    """What the student's "My GPU" page shows (images/tensorflow-2.9-gpu, gpu_page.py):
+    the held GPUs' names and memory from the inventory, in NVIDIA_VISIBLE_DEVICES order,
+    comma-separated (empty where NVML did not say)."""
+    return {
+        "GPUHUB_GPU_NAMES": ",".join((g.name or "").replace(",", " ") for g in gpus),
+        "GPUHUB_GPU_MEMORY_MIB": ",".join(str(g.memory_mib or "") for g in gpus),
+    }
 
 
 def render_options_form(spawner):

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import docker
 from sqlalchemy import create_engine, inspect, select
 
-from . import auth, courses, gpu_queue_store, gpus, origins, tls
+from . import auth, courses, gpu_queue_store, gpus, origins, state_dirs, tls
 from .gpu_store import GpuAllocator
 from .secretfiles import read_or_create_secret
 from .settings import SettingsError
 
 # the problems an admin can fix; each carries a message naming the variable, file or field
-ERRORS = (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError)
+ERRORS = (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError,
+          state_dirs.StateDirError)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Ready:
     inventory: tuple = ()
     allocator: GpuAllocator = None
     queue: object = None  # hub.gpu_queue_store.GpuQueue, the line in front of the allocator
+    volumes_writable: bool = True  # false: the volume step named them; nothing writes there
 
 
 def problems_of(error):
@@ -83,12 +85,23 @@ def _step_origins(s, ready, log):
 
 
 def _step_tls(s, ready, log):
+    if not ready.volumes_writable:
+        return  # writing there would be a traceback, not the message that says what to do
     # with users' servers on subdomains the certificate also covers *.domain (hub/origins.py)
     ready.certificate = tls.prepare(s.tls_mode, s.domain, s.tls_dir, s.own_tls_dir, log,
                                     wildcard=s.user_subdomains)
 
 
+def _step_volumes(s, ready, log):
+    # the hub runs as uid 10001: volumes of an older, root-run hub are named with the fix
+    ready.volumes_writable = False
+    state_dirs.check_writable([s.state_dir, os.path.dirname(s.routes_file), s.tls_dir])
+    ready.volumes_writable = True
+
+
 def _step_state(s, ready, log):
+    if not ready.volumes_writable:
+        return
     os.makedirs(s.state_dir, exist_ok=True)
     ready.traefik_api_password = read_or_create_secret(f"{s.state_dir}/traefik-api-password")
 
@@ -120,6 +133,10 @@ def _step_gpus(s, ready, log):
                         "them in GPUHUB_GPUS (nvidia-smi -L) or let the hub see them through NVML")
     if problems:
         raise SettingsError(problems)
+    listed = {g.uuid.lower() for g in s.gpus}
+    if any(g.uuid.lower() not in listed for g in ready.inventory):
+        log.warning("GPUs found through NVML: list them in GPUHUB_GPUS too, the Docker API "
+                    "guard allows only GPUs listed there (guard/README.md)")
     for gpu in ready.inventory:
         log.info("GPU %s: %s %s %s", gpu.index, gpu.uuid, gpu.name,
                  f"{gpu.memory_mib} MiB" if gpu.memory_mib else "")
@@ -146,6 +163,7 @@ _LOGIN = ("auth_provider", "oauth_client_id", "oauth_client_secret", "oidc_issue
           "state_dir", "username_pattern", "admin_users", "dummy_password", "oidc_username_claim")
 # (step, the settings it reads, whether it runs only when nothing failed before it)
 STEPS = (
+    (_step_volumes, ("state_dir", "routes_file", "tls_dir"), False),
     (_step_origins, ("user_subdomains", "domain", "tls_mode", "acme_dns_provider"), False),
     (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir", "user_subdomains"), False),
     (_step_state, ("state_dir",), False),

@@ -25,6 +25,9 @@ KEY_NAME = "tls.key"
 # Renew a generated certificate this long before it expires.
 RENEW_BEFORE = datetime.timedelta(days=30)
 SELFSIGNED_LIFETIME = datetime.timedelta(days=825)  # the most browsers accept
+# the hub's user and group may read the key: Traefik runs as root without
+# CAP_DAC_OVERRIDE and joins the hub's group (docker-compose.yml: group_add)
+KEY_MODE = 0o640
 
 
 def prepare(mode, domain, tls_dir, own_dir, log, wildcard=False):
@@ -39,6 +42,7 @@ def prepare(mode, domain, tls_dir, own_dir, log, wildcard=False):
                     cert_path, key_path, required_names(domain, wildcard))
         log.info("TLS: using the certificate from %s", own_dir)
     elif _usable(cert_path, key_path, domain, wildcard):
+        os.chmod(key_path, KEY_MODE)  # a key from a root-run hub was 600
         log.info("TLS: keeping the self-signed certificate for %s in %s",
                  " and ".join(required_names(domain, wildcard)), tls_dir)
     else:
@@ -111,7 +115,7 @@ def write_selfsigned(domain, cert_path, key_path, wildcard=False):
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    ), mode=0o600)
+    ), mode=KEY_MODE)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
@@ -179,4 +183,4 @@ def install_own(cert_src, key_src, cert_path, key_path, names=()):
             + f"; it names: {', '.join(_names_of(leaf)) or 'nothing (no subjectAltName)'}")
     shutil.copyfile(cert_src, cert_path)
     os.chmod(cert_path, 0o644)
-    _write(key_path, open(key_src, "rb").read(), mode=0o600)
+    _write(key_path, open(key_src, "rb").read(), mode=KEY_MODE)

@@ -84,7 +84,7 @@ def test_selfsigned_certificate_is_generated_once_and_kept(tmp_path):
     parsed = x509.load_pem_x509_certificate(first)
     names = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["hub.lab.edu"]
-    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "tls.key").stat().st_mode & 0o777 == 0o640  # the proxy reads it by group
     tls.prepare("selfsigned", "hub.lab.edu", str(tmp_path), str(tmp_path / "own"), log)
     assert open(cert, "rb").read() == first, "a valid certificate is kept across restarts"
     tls.prepare("selfsigned", "other.lab.edu", str(tmp_path), str(tmp_path / "own"), log)

@@ -66,7 +66,19 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
     # the control network carrying Traefik's API is internal and has no user containers
     control = config["networks"]["control"]
     assert control["internal"] is True
-    assert set(config["services"]) == {"proxy", "hub", "user-image", "egress"}
+    assert set(config["services"]) == {"proxy", "hub", "guard", "user-image", "egress"}
+    # the engine's socket is the guard's alone; the hub is locked down (docs/security.md)
+    socket_holders = {name for name, service in config["services"].items()
+                      if any("docker.sock" in str(v.get("source", v) if isinstance(v, dict) else v)
+                             for v in service.get("volumes", []))}
+    assert socket_holders == {"guard"}
+    assert hub["environment"]["DOCKER_HOST"] == "unix:///run/gpuhub-guard/docker.sock"
+    for name in ("hub", "guard"):
+        service = config["services"][name]
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+    assert config["services"]["guard"]["network_mode"] == "none"
+    assert "env_file" not in config["services"]["guard"], "the guard needs none of the secrets"
 
 
 @pytest.mark.parametrize("mode", MODES)
