@@ -78,7 +78,9 @@ class PlainStack(BenchStack):
 
     def __init__(self, workdir, client, name, real_traefik, user_image):
         super().__init__(workdir, client, name, real_traefik,
-                         extra_env={"GPUHUB_USER_IMAGE": user_image},
+                         extra_env={"GPUHUB_USER_IMAGE": user_image,
+                                    # compose.plain.yml: the hub reaches the engine's socket itself
+                                    "GPUHUB_BENCH_DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid)},
                          extra_files=["benchmarks/compose.plain.yml"])
 
     def start(self, build=False):
