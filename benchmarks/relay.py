@@ -12,6 +12,9 @@ unlike the Traefik API stand-in's forwarder (which re-reads and schema-checks ev
 routes file for every request: about 10 ms of CPU each, a load of its own when a burst
 polls ten times a second per user).
 
+It listens on every network the proxy is on, so in the benchmark's stack a user server
+could use it to reach other servers: fine for a stack without students, never deploy it.
+
     python3 relay.py PORT SUBNET
 """
 
