@@ -22,12 +22,13 @@ from pathlib import Path
 import docker
 import requests
 
-from tests.e2e.stack import Stack, wait_for
+from tests.e2e.stack import RUN_ID, Stack, wait_for
 
 PROJECT = "gpuhubbench"
 NOTEBOOK_DIR = "/home/jovyan"
 ROUTES_PATH = "/etc/traefik/dynamic/hub-routes.toml"
 POLL = 0.1  # seconds between readiness checks; the same for every alternative
+RELAY_PORT = 8181  # benchmarks/relay.py in the proxy's network namespace
 
 
 class BenchStack(Stack):
@@ -35,10 +36,12 @@ class BenchStack(Stack):
     `bench` (so a test run building `e2e` at the same time cannot swap them), and the
     shipped limits (8g, 4 CPUs) instead of the tests' smaller ones."""
 
+    via = None  # the HTTP proxy that reaches the user servers; None: the host reaches them
+
     def __init__(self, workdir, client, name, real_traefik, extra_env=None, extra_files=()):
         env = {
             "GPUHUB_VERSION": "bench",
-            "GPUHUB_USER_IMAGE": f"{PROJECT}/user:bench",
+            "GPUHUB_USER_IMAGE": f"{PROJECT}{RUN_ID}/user:bench",
             "GPUHUB_MEM_LIMIT": "8g",
             "GPUHUB_CPU_LIMIT": "4",
             **(extra_env or {}),
@@ -53,6 +56,21 @@ class BenchStack(Stack):
             self.compose("build")
         self.compose("up", "-d", *([] if build else ["--no-build"]))
 
+    def start_relay(self):
+        """gpuhub's servers are on networks of their own that the host has no address on
+        (hub/networks.py): run benchmarks/relay.py in the proxy container's network
+        namespace, so that the benchmark reaches them from where the proxy does."""
+        proxy = self.container("proxy")
+        self.client.containers.run(
+            f"gpuhub/hub:{self.env['GPUHUB_VERSION']}",
+            ["python3", "/relay.py", str(RELAY_PORT), self.env.get("GPUHUB_SERVER_SUBNETS", "10.128.0.0/16")],
+            name=f"{self.prefix}-relay", network_mode=f"container:{proxy.id}", detach=True,
+            entrypoint=[], user="nobody", read_only=True, cap_drop=["ALL"],
+            volumes={str(self.dir / "benchmarks" / "relay.py"): {"bind": "/relay.py", "mode": "ro"}})
+        self.via = f"http://{self.ip(proxy)}:{RELAY_PORT}"
+        # it refuses anything but a server's address: a 403 means it listens
+        wait_for(lambda: requests.get(self.via, timeout=2).status_code == 403, 30, "the benchmark's relay")
+
 
 class PlainStack(BenchStack):
     """The same compose stack, hub image and user image (not rebuilt), with the hub
@@ -60,7 +78,9 @@ class PlainStack(BenchStack):
 
     def __init__(self, workdir, client, name, real_traefik, user_image):
         super().__init__(workdir, client, name, real_traefik,
-                         extra_env={"GPUHUB_USER_IMAGE": user_image},
+                         extra_env={"GPUHUB_USER_IMAGE": user_image,
+                                    # compose.plain.yml: the hub reaches the engine's socket itself
+                                    "GPUHUB_BENCH_DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid)},
                          extra_files=["benchmarks/compose.plain.yml"])
 
     def start(self, build=False):
@@ -123,10 +143,13 @@ class Routes:
             return self.targets.get(user)
 
 
-def answers(url, token=None, timeout=5):
+def answers(url, token=None, timeout=5, via=None):
+    """GET `url` answers 200; `via`: through that HTTP proxy (BenchStack.start_relay)."""
     headers = {"Authorization": f"token {token}"} if token else {}
+    proxies = {"http": via} if via else None
     try:
-        return requests.get(url, headers=headers, timeout=timeout, verify=False).status_code == 200
+        return requests.get(url, headers=headers, timeout=timeout, verify=False,
+                            proxies=proxies).status_code == 200
     except requests.RequestException:
         return False
 
@@ -136,8 +159,9 @@ class ServerUp:
     /user/<name>/api (its version) at the container's address, whatever the hub or the
     proxy know. Splits a spawn into the server's own start-up and what comes after it."""
 
-    def __init__(self, find_container, network, user, t0):
+    def __init__(self, find_container, network, user, t0, via=None):
         self.find, self.network, self.user, self.t0 = find_container, network, user, t0
+        self.via = via
         self.url = self.at = None
 
     def poll(self):
@@ -149,7 +173,7 @@ class ServerUp:
                 self.network, {}).get("IPAddress")
             if ip:
                 self.url = f"http://{ip}:8888/user/{self.user}/api"
-        if self.url and answers(self.url, timeout=1):
+        if self.url and answers(self.url, timeout=1, via=self.via):
             self.at = time.monotonic() - self.t0
 
 
@@ -205,7 +229,10 @@ class HubAlternative:
                 post["error"] = repr(e)
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        up = ServerUp(lambda: self.container(user), self.stack.env["GPUHUB_USER_NETWORK"], user, t0)
+        # gpuhub: the server's own network (named like its container), reached by the relay
+        via = self.stack.via
+        network = f"{self.stack.prefix}-{user}" if via else self.stack.env["GPUHUB_USER_NETWORK"]
+        up = ServerUp(lambda: self.container(user), network, user, t0, via)
         route_seen, next_check = None, t0 + 2
         while (now := time.monotonic()) < t0 + timeout:
             if not sender.is_alive() and "checked" not in post:
@@ -220,7 +247,7 @@ class HubAlternative:
             if url:
                 if route_seen is None and not self.stack.real_traefik:
                     route_seen = now - t0
-                if answers(url, self.stack.token):
+                if answers(url, self.stack.token, via=None if self.stack.real_traefik else via):
                     total = time.monotonic() - t0
                     sender.join(timeout=60)  # untimed: the hub finishes the request before a stop
                     return {"ok": True, "t0": t0, "total": total, "route_seen": route_seen,

@@ -138,7 +138,9 @@ def single_spawns(alternatives, rounds, warmup, timeout):
             log(f"single spawn {'warm-up' if r < 0 else f'round {r + 1}/{rounds}'} {alt.label}: "
                 + (f"{result['total']:.2f} s" if result["ok"] else f"FAILED {result['error'][:200]}"))
     out = {"what": "seconds from the REST request (hubs) or `docker run` (raw) to HTTP 200 from "
-                   "/user/<name>/api/status with a token, at the route's target (raw: the container); "
+                   "/user/<name>/api/status with a token, at the route's target (raw: the container; "
+                   "gpuhub: through benchmarks/relay.py in the proxy's network namespace, since the "
+                   "host has no address on a gpuhub server's own network); "
                    "container_started: Docker's StartedAt; server_up: the server's unauthenticated /api "
                    "answers at the container's address; route_seen: the route is in the routes file; "
                    "after_server_up: total minus server_up, what the hub and proxy add once the server runs",
@@ -370,8 +372,8 @@ def write(path, text):
 def header(doc, markdown=False):
     m = doc["machine"]
     busy = doc["busy"]
-    note = ("the engine was shared: " + ", ".join(busy["other_containers_before"][:8])
-            if busy["other_containers_before"] or busy["other_containers_after"] else "no other containers running")
+    others = busy["other_containers_before"] or busy["other_containers_after"]
+    note = "the engine was shared: " + ", ".join(others[:8]) if others else "no other containers running"
     title = "# Benchmark results\n\n" if markdown else "gpuhub benchmarks\n"
     return (f"{title}{doc['started']} UTC on {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
             f"kernel {m['kernel']}, Docker {m['docker_server']} ({m['docker_storage_driver']}, cgroup v{m['cgroup_version']}); "
@@ -403,7 +405,8 @@ def main(argv=None):
     real_traefik = image_exists(client, traefik_image())
     doc["proxy"] = ("Traefik " + traefik_image() if real_traefik else
                     "tests/e2e/traefik_api_standin.py (no Traefik image here): servers are reached at "
-                    "their route's target, Traefik's own forwarding is not measured")
+                    "their route's target (gpuhub's through benchmarks/relay.py in the proxy's network "
+                    "namespace), Traefik's own forwarding is not measured")
     workroot = Path(tempfile.mkdtemp(prefix="gpuhubbench-"))
     stacks, raw = [], None
     try:
@@ -419,6 +422,7 @@ def main(argv=None):
         plain.start()
         for stack in (gpuhub, plain):
             stack.wait_healthy()
+        gpuhub.start_relay()  # its servers' networks are out of the host's reach
         doc["phases"]["stacks_up_s"] = round(time.monotonic() - phase, 1)
         log(f"both hubs healthy after {doc['phases']['stacks_up_s']} s")
         hubs = [HubAlternative("gpuhub", gpuhub), HubAlternative("plain", plain)]
