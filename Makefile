@@ -49,5 +49,9 @@ lock: $(UV)
 # plain DockerSpawner hub and raw `docker run` (benchmarks/run.py, docs/performance.md).
 .PHONY: bench
 # More: make bench BENCH_ARGS="--burst 100 --rounds 10"
+# The user server's own start-up with and without the workbench extensions, against the
+# image as it was before them (BENCH_STARTUP_BEFORE, a revision; docs/performance.md).
+BENCH_STARTUP_BEFORE ?= 564bd24
 bench: setup
 	python benchmarks/run.py $(BENCH_ARGS)
+	python benchmarks/startup.py --before $(BENCH_STARTUP_BEFORE) $(BENCH_STARTUP_ARGS)
