@@ -51,11 +51,24 @@ def limits_stack(tmp_path_factory, docker_client, standin_bases):
         s.down()
 
 
+def direct_url(stack, user):
+    """The user's server, reached from this machine for a kernel's websocket: the stand-in
+    proxy forwards plain HTTP only, and the server's own network has no host address
+    (hub/networks.py), so the test (not the product) also attaches the container to the
+    stack's users network, which this machine reaches."""
+    container = stack.user_container(user)
+    network = stack.env["GPUHUB_USER_NETWORK"]
+    container.reload()
+    if network not in container.attrs["NetworkSettings"]["Networks"]:
+        stack.client.networks.get(network).connect(container)
+    return f"http://{stack.ip(container, network)}:8888/user/{user}"
+
+
 class Kernel:
     """A kernel of the user's server, as JupyterLab drives one."""
 
     def __init__(self, stack, user):
-        self.base = stack.server_url(user)
+        self.base = direct_url(stack, user)
         self.headers = {"Authorization": f"token {stack.token}"}
         r = requests.post(f"{self.base}/api/kernels", headers=self.headers, json={}, timeout=60)
         assert r.status_code == 201, r.text
@@ -76,10 +89,12 @@ class Kernel:
             "parent_header": {}, "metadata": {}, "channel": "shell",
             "content": {"code": code, "silent": False, "store_history": False,
                         "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
-        output, outcome = "", None
+        output, outcome, idle = "", None, False
         try:
             deadline = asyncio.get_running_loop().time() + timeout
-            while outcome is None:
+            # the reply (shell) may come before the output (iopub): done at both the reply
+            # and the kernel's "idle" for this request, as JupyterLab waits
+            while outcome is None or (outcome in ("ok", "error") and not idle):
                 left = deadline - asyncio.get_running_loop().time()
                 assert left > 0, f"no answer from the kernel after {timeout}s: {output!r}"
                 raw = await asyncio.wait_for(ws.read_message(), left)
@@ -90,7 +105,11 @@ class Kernel:
                 kind, content = msg["header"]["msg_type"], msg.get("content", {})
                 if kind == "status" and content.get("execution_state") in ("restarting", "dead"):
                     outcome = content["execution_state"]
+                    break
                 elif msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                elif kind == "status" and content.get("execution_state") == "idle":
+                    idle = True
                     continue
                 elif kind == "stream":
                     output += content["text"]
