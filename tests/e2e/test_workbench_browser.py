@@ -82,7 +82,9 @@ def workbench_stack(tmp_path_factory, docker_client, standin_bases):
            "OIDC_SCOPES": "openid profile groups", "GPUHUB_ALLOWED_GROUPS": "cs101",
            "GPUHUB_LAB_NAME": LAB_NAME, "GPUHUB_E2E_USERS_SUBNET": str(subnet),
            "GPUHUB_VERSION": "workbench",
-           "GPUHUB_GPUS": "", "GPUHUB_GPU_MODE": "exclusive",
+           # listed: the Docker API guard cannot ask NVML, it allows only listed GPUs; the
+           # hub still takes their names and memory from (the fake) NVML
+           "GPUHUB_GPUS": ",".join(GPUS), "GPUHUB_GPU_MODE": "exclusive",
            "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml"}
     if not real_traefik:
         chp_port = free_port()
