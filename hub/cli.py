@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from . import gpu_hours, gpus, settings
+from . import gpu_hours, gpus, settings, z2jh
 from .gpu_queue_store import GpuQueue
 from .gpu_store import GpuAllocator
 
@@ -137,8 +137,11 @@ def main(argv=None, environ=None):
     hours.add_argument("--by", choices=gpu_hours.BY, default="user",
                        help="what to total by (a user in several groups counts in each)")
     hours.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    z2jh.add_parser(sub)  # export z2jh: hub/z2jh.py
     args = parser.parse_args(argv)
     try:
+        if args.command == "export":
+            return z2jh.run(args, environ)
         if args.command == "gpu-hours":
             return gpu_hours_command(args, environ)
         return gpus_command(args, environ)
