@@ -1,7 +1,8 @@
 """`gpuhub export z2jh`: a values file for the zero-to-jupyterhub Helm chart, made from
 the same settings and catalog the hub reads (docs/scale-out.md, Kubernetes).
 
-    gpuhub export z2jh [--output FILE|-] [--catalog FILE] [--home-size 10Gi] [--storage-class NAME]
+    gpuhub export z2jh [--output FILE|-] [--registry HOST/PATH] [--catalog FILE]
+        [--home-size 10Gi] [--storage-class NAME] [--schema values.schema.yaml]
 
 What it writes: the authenticator and its allow rules as hub/auth.py configures them
 (the upstream oauthenticator classes; the client secret only as a reference to a
@@ -21,7 +22,7 @@ import textwrap
 
 import yaml
 
-from . import auth, courses, settings as settings_module
+from . import auth, courses, imagerefs, settings as settings_module
 
 # the settings the export reads; the others (Docker wiring, the proxy, TLS files) are
 # neither read nor required
@@ -86,6 +87,22 @@ def image_spec(ref):
     return {"name": name, "tag": f"{tag}@{digest}" if digest else tag}
 
 
+def images_from(registry, refs):
+    """{reference: what the cluster pulls}. A reference without a registry host would be
+    pulled from Docker Hub, where anyone may own the namespace (hub/imagerefs.py): it
+    gets `registry` in front, and without one the export stops naming the images."""
+    bare = sorted({ref for ref in refs if not imagerefs.registry(ref)})
+    if bare and not registry:
+        raise ExportError(
+            "these images name no registry, so the cluster would pull them from Docker Hub, "
+            f"where anyone may publish under those names: {', '.join(bare)}. Push them to a "
+            "registry the cluster can reach and pass it: --registry registry.example.edu/lab")
+    if registry and not imagerefs.registry(registry + "/x"):
+        raise ExportError(f"--registry {registry}: expected a registry host (with a '.' or "
+                          "a port, or localhost), optionally with a path: registry.example.edu/lab")
+    return {ref: f"{registry.rstrip('/')}/{ref}" if ref in bare else ref for ref in refs}
+
+
 def _plain(value):
     if isinstance(value, (set, frozenset, tuple)):
         return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
@@ -122,8 +139,8 @@ def authenticator(s, oidc_metadata=None):
     return config, snippets
 
 
-def _limits(s, course):
-    override = {"image": course.image}
+def _limits(s, course, images):
+    override = {"image": images[course.image]}
     mem, cpu = course.mem_limit or s.mem_limit, course.cpu_limit or s.cpu_limit
     if mem:
         override["mem_limit"] = mem  # KubeSpawner reads 8G as 8 GiB, as Docker does
@@ -136,14 +153,14 @@ def _limits(s, course):
     return override
 
 
-def profile_list(s, catalog):
+def profile_list(s, catalog, images):
     out = []
     for course in catalog.courses:
         profile = {"slug": course.slug, "display_name": course.display_name,
                    "description": course.description}
         if course.default:
             profile["default"] = True
-        profile["kubespawner_override"] = _limits(s, course)
+        profile["kubespawner_override"] = _limits(s, course, images)
         out.append(profile)
     return out
 
@@ -165,12 +182,15 @@ def max_age_expressible(s, catalog):
                         for c in catalog.courses))
 
 
-def values(s, catalog=None, oidc_metadata=None, home_size="10Gi", storage_class=None):
+def values(s, catalog=None, oidc_metadata=None, home_size="10Gi", storage_class=None,
+           registry=None):
     """The chart's values (a dict) for settings `s` and a hub.courses.Catalog (None:
-    everybody gets GPUHUB_USER_IMAGE)."""
+    everybody gets GPUHUB_USER_IMAGE); `registry` for images that name none."""
     if s.auth_provider == "dummy":
         raise ExportError("AUTH_PROVIDER=dummy is the development login (one shared "
                           "password): choose github, gitlab, google or oidc to export")
+    images = images_from(registry, [s.user_image] + [c.image for c in
+                                                     (catalog.courses if catalog else ())])
     config, snippets = authenticator(s, oidc_metadata)
     uid, _, gid = s.container_user.partition(":")
     storage = {"type": "dynamic", "capacity": home_size, "homeMountPath": s.notebook_dir,
@@ -183,7 +203,7 @@ def values(s, catalog=None, oidc_metadata=None, home_size="10Gi", storage_class=
     egress = {"nonPrivateIPs": s.user_egress == "proxy", "privateIPs": False,
               "cloudMetadataServer": False}
     singleuser = {
-        "image": image_spec(s.user_image),
+        "image": image_spec(images[s.user_image]),
         "uid": int(uid),
         "fsGid": int(gid or uid),
         "startTimeout": s.start_timeout,
@@ -203,7 +223,7 @@ def values(s, catalog=None, oidc_metadata=None, home_size="10Gi", storage_class=
            "singleuser": singleuser,
            "cull": _culler(s, catalog)}
     if catalog:
-        singleuser["profileList"] = profile_list(s, catalog)
+        singleuser["profileList"] = profile_list(s, catalog, images)
         gated = {c.slug: list(c.groups) for c in catalog.courses if c.groups}
         if gated:
             out["custom"] = {"gpuhub": {"courseGroups": gated}}
@@ -226,7 +246,7 @@ def notes(s, catalog=None):
         "the Docker API guard has no counterpart: KubeSpawner talks to the Kubernetes API "
         "with the hub's service account; per-student networks become the chart's "
         "NetworkPolicy (user pods accept connections from the hub and proxy only)",
-        "images must be pullable by the cluster: push them to a registry it can reach",
+        "images are pulled by the cluster: push them to the registry named in them",
         f"GPUHUB_PIDS_LIMIT={s.pids_limit}: set podPidsLimit in the kubelet configuration",
     ]
     if s.gpu_idle_timeout:
@@ -314,6 +334,8 @@ def add_parser(subparsers):
                      help="size of each user's volume, a Kubernetes quantity (default 10Gi)")
     cmd.add_argument("--storage-class", help="StorageClass of the users' volumes "
                                              "(default: the cluster's)")
+    cmd.add_argument("--registry", help="registry (and path) for images that name none, "
+                                        "e.g. registry.example.edu/lab; push them there")
     cmd.add_argument("--schema", help="check the values against the chart's "
                                       "values.schema.yaml first (e.g. the chart's own, or "
                                       "../shared/schemas/z2jh-values.schema.yaml)")
@@ -330,7 +352,7 @@ def run(args, environ=None, discover=auth.discover_oidc, out=None):
     catalog = courses.load_catalog(path) if path else None
     # the endpoints, as the hub finds them at start-up (the chart's hub does not discover)
     meta = discover(s.oidc_issuer, log) if s.auth_provider == "oidc" else None
-    data = values(s, catalog, meta, args.home_size, args.storage_class)
+    data = values(s, catalog, meta, args.home_size, args.storage_class, args.registry)
     if args.schema:
         problems = check_values(data, load_schema(args.schema))
         if problems:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from hub import courses, settings, z2jh
+from hub import courses, imagerefs, settings, z2jh
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = Path(os.environ.get("GPUHUB_SCHEMA_DIR", REPO.parent / "shared" / "schemas"))
@@ -59,6 +59,14 @@ courses:
 """
 
 
+REGISTRY = "registry.example.edu/lab"
+
+
+def pulled(ref):
+    """What the cluster pulls for a catalog image: its own registry, else REGISTRY's."""
+    return ref if imagerefs.registry(ref) else f"{REGISTRY}/{ref}"
+
+
 def env(provider="github", **more):
     return {**ENV, "AUTH_PROVIDER": provider, **PROVIDERS[provider], **more}
 
@@ -68,7 +76,8 @@ def export(provider="github", catalog_text=None, **more):
     s = settings.load(env(provider, **more), only=z2jh.EXPORT_SETTINGS)
     catalog = (courses.parse_catalog(catalog_text, str(REPO / "catalog" / "x.yaml"))
                if catalog_text else courses.load_catalog(EXAMPLE))
-    return z2jh.values(s, catalog, METADATA if provider == "oidc" else None)
+    return z2jh.values(s, catalog, METADATA if provider == "oidc" else None,
+                       registry=REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +135,8 @@ def test_the_cli_refuses_values_the_schema_refuses(tmp_path, monkeypatch, schema
 # ------------------------------------------------------------------ what is exported
 def args(**kw):
     return argparse.Namespace(**{"output": "-", "catalog": None, "home_size": "10Gi",
-                                 "storage_class": None, "schema": None, **kw})
+                                 "storage_class": None, "schema": None,
+                                 "registry": REGISTRY, **kw})
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
@@ -192,10 +202,23 @@ def test_dummy_is_not_exported():
         z2jh.values(s, None)
 
 
+def test_images_without_a_registry_are_not_left_to_docker_hub():
+    s = settings.load(env(), only=z2jh.EXPORT_SETTINGS)
+    catalog = courses.parse_catalog(TWO_GPUS, str(REPO / "catalog" / "x.yaml"))
+    with pytest.raises(z2jh.ExportError, match="gpuhub/tensorflow-2.9-gpu:latest. Push them"):
+        z2jh.values(s, catalog)
+    with pytest.raises(z2jh.ExportError, match="--registry lab: expected a registry host"):
+        z2jh.values(s, catalog, registry="lab")
+    profiles = z2jh.values(s, catalog, registry="localhost:5000")["singleuser"]["profileList"]
+    assert [p["kubespawner_override"]["image"] for p in profiles] == [
+        "localhost:5000/gpuhub/tensorflow-2.9-gpu:latest",
+        "registry.example.edu:5000/gpuhub/research:2025"]  # named its own: unchanged
+
+
 def test_profiles_culling_image_and_storage():
     values = export()
     single = values["singleuser"]
-    assert single["image"] == {"name": "gpuhub/tensorflow-2.9-gpu", "tag": "latest"}
+    assert single["image"] == {"name": f"{REGISTRY}/gpuhub/tensorflow-2.9-gpu", "tag": "latest"}
     assert single["storage"]["type"] == "dynamic" and single["storage"]["capacity"] == "10Gi"
     assert single["storage"]["homeMountPath"] == "/home/jovyan"
     assert (single["uid"], single["fsGid"]) == (1000, 100)
@@ -232,6 +255,7 @@ def test_the_command_line_writes_the_file(tmp_path):
     out = tmp_path / "values.yaml"
     result = subprocess.run(
         [sys.executable, "-m", "hub.cli", "export", "z2jh", "--output", str(out),
+         "--registry", REGISTRY,
          "--schema", str(SCHEMA_DIR / "z2jh-values.schema.yaml")],
         env={"PATH": os.environ["PATH"], **env("github")}, cwd=REPO,
         capture_output=True, text=True)
@@ -356,7 +380,7 @@ async def test_each_profile_renders_its_pod(catalog_text):
     for course in catalog.courses:
         manifest, _ = await pod(values, member, {"profile": course.slug})
         container = manifest.spec.containers[0]
-        assert container.image == course.image, course.slug
+        assert container.image == pulled(course.image), course.slug
         limits = container.resources.limits
         if course.gpus:
             assert limits["nvidia.com/gpu"] == str(course.gpus), course.slug
@@ -370,11 +394,13 @@ async def test_each_profile_renders_its_pod(catalog_text):
             assert env["JUPYTERHUB_DEFAULT_URL"] == course.git_pull_default_url()
         assert container.security_context["runAsUser"] == 1000
         assert manifest.spec.security_context["fsGroup"] == 100
+        # the student's pod gets no token for the Kubernetes API
+        assert manifest.spec.automount_service_account_token is False
 
 
 async def test_no_profile_named_starts_the_default_course():
     manifest, _ = await pod(export(), MockUser("bob"), {})
-    assert manifest.spec.containers[0].image == courses.load_catalog(EXAMPLE).default.image
+    assert manifest.spec.containers[0].image == pulled(courses.load_catalog(EXAMPLE).default.image)
     assert manifest.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
 
 
@@ -404,9 +430,9 @@ async def test_outsider_naming_the_course_is_refused(through):
     outsider.user_options = options
     with pytest.raises(ValueError, match="cs101"):
         await outsider.load_user_options()
-    assert outsider.image != "gpuhub/course-cs101:2025"
+    assert outsider.image != pulled("gpuhub/course-cs101:2025")
     manifest, _ = await pod(values, MockUser("ada", groups=["cs101-2025"]), options)
-    assert manifest.spec.containers[0].image == "gpuhub/course-cs101:2025"
+    assert manifest.spec.containers[0].image == pulled("gpuhub/course-cs101:2025")
 
 
 EXAMPLE_VALUES = export()
@@ -428,4 +454,4 @@ def test_no_slug_gives_an_outsider_the_gated_course(slug):
         return (await s.get_pod_manifest()).spec.containers[0].image
 
     image = asyncio.run(attempt())
-    assert image in (None, "gpuhub/tensorflow-2.9-gpu:latest")
+    assert image in (None, pulled("gpuhub/tensorflow-2.9-gpu:latest"))
