@@ -276,6 +276,12 @@ def test_the_command_line_names_a_bad_setting():
     assert "GPUHUB_IDLE_TIMEOUT='an hour' is not valid" in result.stderr
 
 
+def test_the_documented_snippet_is_the_exported_one():
+    text = (REPO / "docs" / "scale-out.md").read_text()
+    shown = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert shown.strip() and shown in z2jh.GROUP_GATING
+
+
 # ------------------------------------------------------------------ KubeSpawner
 def kube_spawner(config, user):
     try:
