@@ -130,7 +130,7 @@ def authenticator(s, oidc_metadata=None):
     config.setdefault("Authenticator", {}).update({
         "admin_users": sorted(s.admin_users),
         # JupyterHub checks username_pattern with re.match, which anchors only the start;
-        # gpuhub checks the whole name (hub/names.py), \\Z keeps it so
+        # gpuhub checks the whole name (hub/names.py), and so does \Z here
         "username_pattern": f"(?:{s.username_pattern})\\Z",
     })
     if s.user_subdomains:
