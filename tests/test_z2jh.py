@@ -185,6 +185,19 @@ def test_github_allow_rules_admins_and_team_groups():
     assert c.GitHubOAuthenticator.auth_state_groups_key(teams) == ["lab-org", "lab-org:staff"]
 
 
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_every_snippet_runs_as_the_chart_runs_it(provider):
+    """hub.extraConfig is exec'd with `c` and `get_config` defined; each snippet sets the
+    trait its name says to the function it defines."""
+    from traitlets.config import Config
+    values = export(provider)
+    for name, snippet in values["hub"].get("extraConfig", {}).items():
+        c = Config()
+        exec(compile(snippet, name, "exec"), {"c": c, "get_config": lambda k, d=None: d})  # noqa: S102
+        section = next(iter(c.values()))
+        assert len(c) == 1 and all(callable(v) for v in section.values()), name
+
+
 def test_gitlab_oidc_and_google_rules():
     gitlab = export("gitlab")["hub"]["config"]["GitLabOAuthenticator"]
     assert gitlab["allowed_groups"] == ["lab/students"]
