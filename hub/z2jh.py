@@ -249,6 +249,9 @@ def notes(s, catalog=None):
         "images are pulled by the cluster: push them to the registry named in them",
         f"GPUHUB_PIDS_LIMIT={s.pids_limit}: set podPidsLimit in the kubelet configuration",
     ]
+    if s.user_egress == "deny":
+        out.append("GPUHUB_USER_EGRESS=deny: user pods may still send DNS queries (the "
+                   "chart's dnsPorts* egress rules)")
     if s.gpu_idle_timeout:
         out.append(f"GPUHUB_GPU_IDLE_TIMEOUT={s.gpu_idle_timeout}: the idle culler sees "
                    "activity, not GPU use")

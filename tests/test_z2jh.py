@@ -272,6 +272,15 @@ def test_gpu_max_age_becomes_max_age_when_every_course_has_a_gpu():
     assert export(GPUHUB_IDLE_TIMEOUT="0")["cull"]["enabled"] is False
 
 
+def test_egress_follows_gpuhub_user_egress():
+    rules = export()["singleuser"]["networkPolicy"]["egressAllowRules"]
+    assert rules == {"nonPrivateIPs": True, "privateIPs": False, "cloudMetadataServer": False}
+    s = settings.load(env(GPUHUB_USER_EGRESS="deny"), only=z2jh.EXPORT_SETTINGS)
+    assert z2jh.values(s, None, registry=REGISTRY)["singleuser"]["networkPolicy"][
+        "egressAllowRules"]["nonPrivateIPs"] is False
+    assert any("GPUHUB_USER_EGRESS=deny" in n for n in z2jh.notes(s))
+
+
 def test_sizes_become_kubernetes_quantities():
     values = export(GPUHUB_SHM_SIZE="1g", GPUHUB_DISK_LIMIT="20g")
     assert values["singleuser"]["storage"]["extraVolumes"][0]["emptyDir"]["sizeLimit"] == "1Gi"
