@@ -14,7 +14,7 @@ from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 
 from . import policy as policies
 from .body import Refusal
-from .rules import Request, decide
+from .rules import Request, decide, streams
 
 log = logging.getLogger("gpuhub.guard")
 
@@ -59,8 +59,9 @@ def refusal(r):
 
 async def handle(request):
     app = request.app
+    streamed = streams(request.method, request.path)
     try:
-        body = await request.read()
+        body = b"" if streamed else await request.read()
     except web.HTTPRequestEntityTooLarge:
         return refusal(Refusal("body-too-large", f"the body is larger than "
                                                  f"{app[POLICY].max_body} bytes", 413))
@@ -78,6 +79,8 @@ async def handle(request):
     # what changes something at INFO; the hub's frequent polls (GET) at DEBUG
     log.log(logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO,
             "allowed %s %s (rule: %s)", request.method, decision.path, decision.rule)
+    if decision.stream:
+        body = request.content.iter_chunked(1 << 16)  # a restore's tar, of any size
     return await forward(request, decision, body)
 
 
