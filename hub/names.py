@@ -76,7 +76,13 @@ def from_docker_name_part(part):
         raise ValueError(f"{part!r} is not an escaped name")
     raw = re.sub(r"-([0-9a-f]{2})|([a-z0-9])",
                  lambda m: chr(int(m[1], 16)) if m[1] else m[2], part)
-    return raw.encode("latin-1").decode("utf-8", "surrogatepass")
+    try:
+        text = raw.encode("latin-1").decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise ValueError(f"{part!r} is not an escaped name") from None
+    if docker_name_part(text) != part:  # "-61" is not a's volume, "a" is
+        raise ValueError(f"{part!r} is not how {text!r} is escaped")
+    return text
 
 
 def user_volume(volume_prefix, username):
