@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from .stack import compose_command, wait_for
+from .stack import compose_command, free_subnet, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,9 @@ def cli_stack(tmp_path_factory, docker_client, standin_bases):
         "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
         "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
         "GPUHUB_HOME_QUOTA": f"{QUOTA_MB}m",
+        # a pool of its own: other checkouts' stacks on this engine fill 10.128.0.0/16
+        "GPUHUB_SERVER_SUBNETS": str(free_subnet(docker_client, "10.{}.0.0/16",
+                                                 "the servers' networks")),
     })
     image = s.env["GPUHUB_USER_IMAGE"]
     (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
