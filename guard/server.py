@@ -91,15 +91,18 @@ async def forward(request, decision, body):
         request.method, f"http://docker{decision.path}", params=list(request.query.items()),
         data=body or None, headers=headers, allow_redirects=False)
     try:
+        # aiohttp decompresses a gzip answer (the engine gzips archives when asked): pass
+        # it on plain, without the encoding and the compressed length
+        decoded = "content-encoding" in {k.lower() for k in upstream.headers}
         answer_headers = {k: v for k, v in upstream.headers.items()
-                          if k.lower() not in HOP_BY_HOP}
+                          if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
         if decision.filter is not None:
             raw = await upstream.read()
             if upstream.status == 200:
                 raw = decision.filter(raw)
             return web.Response(body=raw, status=upstream.status, headers=answer_headers)
         response = web.StreamResponse(status=upstream.status, headers=answer_headers)
-        if upstream.content_length is not None:
+        if upstream.content_length is not None and not decoded:
             response.content_length = upstream.content_length
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():

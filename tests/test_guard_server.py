@@ -3,6 +3,7 @@ socket: refusals never reach the engine, answers stream through, lists are filte
 The real engine: tests/e2e/test_guard_e2e.py."""
 
 import asyncio
+import gzip
 import json
 
 from aiohttp import web
@@ -27,6 +28,9 @@ async def fake_engine(tmp_path):
         path = request.path.removeprefix("/v1.41")
         if path in ("/containers/gpuhub-_backup-1a2b3c4d/json", f"/containers/{HELPER['Id']}/json"):
             return web.json_response(HELPER)
+        if path == f"/containers/{HELPER['Id']}/archive" and request.method == "GET":
+            return web.Response(body=gzip.compress(b"tar" * 1000),
+                                headers={"Content-Encoding": "gzip"})
         if path == f"/containers/{HELPER['Id']}/archive" and request.method == "PUT":
             uploads.append(await request.read())
             return web.Response(status=200)
@@ -114,6 +118,11 @@ async def test_a_restore_streams_a_tar_larger_than_the_body_limit(tmp_path):
                              data=tar, headers={"Content-Type": "application/x-tar"})
         assert r.status == 200, await r.text()
         assert calls.uploads == [tar]
+        # a backup's tar, gzipped by the engine: passed on as plain bytes, no stale encoding
+        r = await client.get("/v1.41/containers/gpuhub-_backup-1a2b3c4d/archive?path=/home",
+                             auto_decompress=False)
+        assert r.status == 200 and "Content-Encoding" not in r.headers
+        assert await r.read() == b"tar" * 1000
         # into a running server: refused, nothing uploaded
         r = await client.put("/v1.41/containers/gpuhub-alice/archive?path=/home", data=tar)
         assert r.status == 403 and "(rule: no-archive)" in (await r.json())["message"]
