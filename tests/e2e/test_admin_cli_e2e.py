@@ -104,7 +104,6 @@ def test_status_backup_restore_and_refusals(cli_stack):
     code, _, err = gpuhub(s, "free-gpu", GPU)
     assert code == 3 and "running server of gpuuser" in err, err
     assert gpuhub(s, "restore")[0] == 2
-    assert gpuhub(s, "status", "--no-such-flag")[0] == 2
     code, _, err = gpuhub(s, "backup", "Not/A name", "-")
     assert code == 2 and "is not a user name" in err
     assert gpuhub(s, "backup", "nobody", "-")[0] == 4
