@@ -18,8 +18,11 @@ Who calls what (DockerSpawner 14 and hub/*.py):
   GET /images/{name}/json       DockerSpawner.pull_image, get_command
   POST /images/create           DockerSpawner.pull_image (a missing image is pulled)
   networks, volumes, kill, wait, logs: the per-student networks and admin tools.
+  GET/PUT /containers/{id}/archive  the admin CLI's backup and restore (hub/volumes.py),
+                                into its helper containers only: never started, so no
+                                running server's files are read or changed this way.
 Not allowed although DockerSpawner has them: exec (post_start_cmd, unset in gpuhub) and
-archive uploads (internal_ssl's move_certs, off in gpuhub).
+archive uploads into running containers (internal_ssl's move_certs, off in gpuhub).
 """
 
 import json
@@ -49,6 +52,7 @@ class Decision:
     path: str  # what to forward (version prefix kept)
     rule: str  # the row that allowed it
     filter: object = None  # answer body -> answer body, for lists
+    stream: bool = False  # the request body streams through, unread (a restore's tar)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Row:
     pattern: str
     params: tuple
     check: object  # async (match, request, policy, lookup) -> (path or None, filter or None)
+    stream: bool = False  # a body of any size, streamed to the engine unread (see streams())
 
 
 # -- targets --
@@ -121,6 +126,21 @@ async def inspect_container(match, request, policy, lookup):
     """User containers, and the hub's, proxy's and egress proxy's: the hub finds itself
     and its peers to join them to students' networks (hub/networks.py)."""
     return await on_user_container(match, request, policy, lookup, joining_too=True)
+
+
+async def archive(match, request, policy, lookup):
+    """Files out of or into a gpuhub container that is not running: the admin CLI's helper
+    containers (created, never started; they mount one student's volume). A running
+    server's files are not read or changed this way (rule: no-archive)."""
+    if request.method == "GET":
+        _no_body(request)
+    container_id = await user_container(match["id"], policy, lookup)
+    container = await lookup.container(container_id)
+    if (container.get("State") or {}).get("Status") not in ("created", "exited"):
+        raise Refusal("no-archive", "copying files in or out of a running container is not "
+                                    "allowed (only the admin CLI's stopped helpers)")
+    start, end = match.span("id")
+    return match.string[:start] + container_id + match.string[end:], None
 
 
 async def create_container(match, request, policy, lookup):
@@ -283,6 +303,9 @@ ALLOWED = (
     Row("container-wait", ("POST",), CONTAINER + r"/wait", ("condition",), on_user_container),
     Row("container-remove", ("DELETE",), CONTAINER, ("v", "force", "link"), on_user_container),
     Row("container-logs", ("GET",), CONTAINER + r"/logs", LOGS, on_user_container),
+    Row("container-archive-get", ("GET",), CONTAINER + r"/archive", ("path",), archive),
+    Row("container-archive-put", ("PUT",), CONTAINER + r"/archive",
+        ("path", "noOverwriteDirNonDir"), archive, stream=True),
     Row("image-inspect", ("GET",), f"/images/{IMAGE}/json", (), engine),
     Row("image-pull", ("POST",), r"/images/create", ("fromImage", "tag", "platform"), image_pull),
     Row("volume-create", ("POST",), r"/volumes/create", (), volume_create),
@@ -326,6 +349,17 @@ def split_version(path):
     return m[0], path[m.end():]
 
 
+def streams(method, path):
+    """True if the call's body streams to the engine unread (decide() then sees none):
+    a restore's tar may be gigabytes, far above the guard's body limit."""
+    try:
+        _, path = split_version(path)
+    except Refusal:
+        return False
+    return any(row.stream and method in row.methods and pattern.fullmatch(path)
+               for row, pattern in COMPILED)
+
+
 async def decide(request, policy, lookup):
     """The Decision for `request`, or Refusal naming the rule."""
     if "//" in request.path or "/." in request.path or "\\" in request.path:
@@ -344,7 +378,7 @@ async def decide(request, policy, lookup):
                 # a field of an unexpected type or shape: refused, never forwarded
                 raise Refusal("malformed-body", f"the body has an unexpected shape ({e})",
                               400) from None
-            return Decision(version + (forwarded or path), row.rule, answer_filter)
+            return Decision(version + (forwarded or path), row.rule, answer_filter, row.stream)
     for rule, pattern, what in COMPILED_REFUSED:
         if pattern.fullmatch(path):
             raise Refusal(rule, f"{what} is not allowed ({request.method} {path})")

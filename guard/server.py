@@ -14,7 +14,7 @@ from aiohttp import ClientSession, ClientTimeout, UnixConnector, web
 
 from . import policy as policies
 from .body import Refusal
-from .rules import Request, decide
+from .rules import Request, decide, streams
 
 log = logging.getLogger("gpuhub.guard")
 
@@ -59,8 +59,9 @@ def refusal(r):
 
 async def handle(request):
     app = request.app
+    streamed = streams(request.method, request.path)
     try:
-        body = await request.read()
+        body = b"" if streamed else await request.read()
     except web.HTTPRequestEntityTooLarge:
         return refusal(Refusal("body-too-large", f"the body is larger than "
                                                  f"{app[POLICY].max_body} bytes", 413))
@@ -78,6 +79,8 @@ async def handle(request):
     # what changes something at INFO; the hub's frequent polls (GET) at DEBUG
     log.log(logging.DEBUG if request.method in ("GET", "HEAD") else logging.INFO,
             "allowed %s %s (rule: %s)", request.method, decision.path, decision.rule)
+    if decision.stream:
+        body = request.content.iter_chunked(1 << 16)  # a restore's tar, of any size
     return await forward(request, decision, body)
 
 
@@ -88,15 +91,18 @@ async def forward(request, decision, body):
         request.method, f"http://docker{decision.path}", params=list(request.query.items()),
         data=body or None, headers=headers, allow_redirects=False)
     try:
+        # aiohttp decompresses a gzip answer (the engine gzips archives when asked): pass
+        # it on plain, without the encoding and the compressed length
+        decoded = "content-encoding" in {k.lower() for k in upstream.headers}
         answer_headers = {k: v for k, v in upstream.headers.items()
-                          if k.lower() not in HOP_BY_HOP}
+                          if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
         if decision.filter is not None:
             raw = await upstream.read()
             if upstream.status == 200:
                 raw = decision.filter(raw)
             return web.Response(body=raw, status=upstream.status, headers=answer_headers)
         response = web.StreamResponse(status=upstream.status, headers=answer_headers)
-        if upstream.content_length is not None:
+        if upstream.content_length is not None and not decoded:
             response.content_length = upstream.content_length
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():

@@ -1,5 +1,8 @@
-"""Admin commands, run inside the hub container:
+"""Admin commands, run inside the hub container as `gpuhub` (or `python -m hub.cli`):
 
+    docker compose exec hub gpuhub status|stop|free-gpu|backup|restore|backup-all|usage|images
+        (hub/admin.py; `gpuhub --help` lists them, exit codes there)
+    docker compose exec hub gpuhub export z2jh [--output FILE|-] (hub/z2jh.py)
     docker compose exec hub python -m hub.cli gpus [--db-url URL] [--json]
     docker compose exec hub python -m hub.cli gpu-hours [--since 7d] [--until DATE]
         [--by user|course|group|gpu] [--format table|csv|json] [--db-url URL]
@@ -19,7 +22,7 @@ import logging
 import os
 import sys
 
-from . import gpu_hours, gpus, settings, z2jh
+from . import admin, gpu_hours, gpus, settings, z2jh
 from .gpu_queue_store import GpuQueue
 from .gpu_store import GpuAllocator
 
@@ -120,15 +123,24 @@ def gpu_hours_command(args, environ=None, now=None):
     return 0
 
 
-def main(argv=None, environ=None):
-    # NVML's "no driver here" is an info line, not news for the person at the terminal
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m hub.cli")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("gpus", help="one line per GPU: who holds it, since when")
+EPILOG = """exit codes: 0 done; 1 failed (the engine, the hub, a file; images: one is
+missing); 2 bad arguments or settings; 3 refused (a running server, a held GPU, a non-empty
+volume: --force overrides); 4 no such user, volume or GPU"""
+
+
+def parser():
+    top = argparse.ArgumentParser(prog="gpuhub", description="gpuhub's admin commands, run "
+                                  "inside the hub container (docker compose exec hub gpuhub ...)",
+                                  epilog=EPILOG)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help):
+        cmd = sub.add_parser(name, help=help, description=help, epilog=EPILOG)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        return cmd
+    cmd = command("gpus", "one line per GPU: who holds it, since when")
     cmd.add_argument("--db-url", help="database URL (default: the hub's SQLite database)")
-    cmd.add_argument("--json", action="store_true", help="print GET /hub/api/gpus's JSON")
-    hours = sub.add_parser("gpu-hours", help="GPU-hours per user, course, group or GPU")
+    hours = command("gpu-hours", "GPU-hours per user, course, group or GPU")
     hours.add_argument("--db-url", help="database URL (default: the hub's SQLite database)")
     hours.add_argument("--since", help="start of the period: 2026-11-30, 2026-11-30T08:00 "
                                        "(UTC), week (this Monday), or 7d, 12h, 30m ago; "
@@ -137,18 +149,48 @@ def main(argv=None, environ=None):
     hours.add_argument("--by", choices=gpu_hours.BY, default="user",
                        help="what to total by (a user in several groups counts in each)")
     hours.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    command("status", "users, servers, course, image, GPUs held, students waiting")
+    command("stop", "stop a user's server (the hub frees its GPUs)").add_argument("user")
+    cmd = command("free-gpu", "give back a GPU's allocations")
+    cmd.add_argument("uuid")
+    cmd.add_argument("--force", action="store_true", help="even while a running server holds it")
+    cmd = command("backup", "a tar of a user's home volume (owners, modes, symlinks kept)")
+    cmd.add_argument("user")
+    cmd.add_argument("file", metavar="FILE|-", help="where to write the tar; - for stdout")
+    cmd = command("restore", "unpack a backup into a user's home volume")
+    cmd.add_argument("user")
+    cmd.add_argument("file", metavar="FILE|-", help="the tar; - for stdin")
+    cmd.add_argument("--force", action="store_true",
+                     help="even while the server runs or the volume holds files")
+    cmd = command("backup-all", "a consistent copy of the hub database and every home volume")
+    cmd.add_argument("dir", help="a folder the hub's user can write, e.g. a mounted one")
+    command("usage", "each home volume's size, largest first")
+    command("images", "the user and catalog images: present or missing")
     z2jh.add_parser(sub)  # export z2jh: hub/z2jh.py
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv=None, environ=None):
+    # NVML's "no driver here" is an info line, not news for the person at the terminal
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    top = parser()
+    args = top.parse_args(argv)  # bad arguments: usage and exit code 2 (argparse)
     try:
         if args.command == "export":
             return z2jh.run(args, environ)
         if args.command == "gpu-hours":
+            if args.json:
+                args.format = "json"
             return gpu_hours_command(args, environ)
-        return gpus_command(args, environ)
+        if args.command == "gpus":
+            return gpus_command(args, environ)
+        return admin.COMMANDS[args.command](admin.Context(environ), args)
     except settings.SettingsError as e:
-        parser.exit(2, "".join(f"{p}\n" for p in e.problems))
+        top.exit(admin.USAGE, "".join(f"{p}\n" for p in e.problems))
     except (gpus.GpuConfigError, ValueError) as e:
-        parser.exit(2, f"{e}\n")
+        top.exit(admin.USAGE, f"{e}\n")
+    except admin.CliError as e:
+        top.exit(e.code, f"gpuhub {args.command}: {e}\n")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def update_spawner(c, s, ready):
     # containers go when their server stops; volumes stay
     c.DockerSpawner.remove = True
     c.GpuhubSpawner.container_user = s.container_user
+    c.GpuhubSpawner.home_quota = s.home_quota  # soft; hard quotas: docs/operations.md
     c.GpuhubSpawner.security_host_config = {
         # reap kernels' zombies: the TF base image has no init of its own
         "init": True,
@@ -113,6 +114,12 @@ def update_services(c, s, ready):
     # what jupyterhub-idle-culler lacks: GPU sessions, per-course timeouts (hub.gpu_culler)
     more_services, more_roles = gpu_culler.service(
         culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source)
+    # the admin CLI (hub/admin.py, `gpuhub` in the hub container): reads servers, stops
+    # them; its token is in the state folder, readable by the hub's user only
+    if ready.cli_token:
+        services.append({"name": "gpuhub-cli", "api_token": ready.cli_token})
+        roles.append({"name": "gpuhub-cli", "services": ["gpuhub-cli"],
+                      "scopes": ["list:users", "read:users", "read:servers", "delete:servers"]})
     c.JupyterHub.services = services + more_services
     c.JupyterHub.load_roles = roles + more_roles
     # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so

@@ -233,6 +233,10 @@ class GpuAllocator:
         """Give back the GPUs of all the user's servers; returns their uuids."""
         return [a.gpu_uuid for a in self._release(lambda a: a.user == user)]
 
+    def release_gpu(self, uuid):
+        """Give back every allocation of one GPU (the admin CLI's free-gpu)."""
+        return self._release(lambda a: a.gpu_uuid == uuid)
+
     def reconcile(self, running):
         """Give back every GPU whose (user, server_name) is not in `running` -- the servers
         whose containers really run -- and every GPU no longer in the inventory. Returns

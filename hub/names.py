@@ -67,3 +67,25 @@ def template_literal(text):
     """`text` such that DockerSpawner's template rendering (str.format on every string
     of extra_create_kwargs) gives it back unchanged: braces doubled."""
     return text.replace("{", "{{").replace("}", "}}")
+
+
+def from_docker_name_part(part):
+    """The text `docker_name_part` made `part` from (the admin CLI names a volume's user);
+    ValueError if `part` is not such a name."""
+    if not re.fullmatch(r"(?:[a-z0-9]|-[0-9a-f]{2})*", part):
+        raise ValueError(f"{part!r} is not an escaped name")
+    raw = re.sub(r"-([0-9a-f]{2})|([a-z0-9])",
+                 lambda m: chr(int(m[1], 16)) if m[1] else m[2], part)
+    try:
+        text = raw.encode("latin-1").decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise ValueError(f"{part!r} is not an escaped name") from None
+    if docker_name_part(text) != part:  # "-61" is not a's volume, "a" is
+        raise ValueError(f"{part!r} is not how {text!r} is escaped")
+    return text
+
+
+def user_volume(volume_prefix, username):
+    """The named volume of `username`'s home: what DockerSpawner renders from the template
+    "{volume_prefix}-{{username}}" (hub/config.py) with gpuhub's escape."""
+    return f"{volume_prefix}-{docker_name_part(username)}"

@@ -102,6 +102,15 @@ def size(raw):
     return value.upper() or None
 
 
+def byte_size(raw):
+    """A size in bytes from 10G, 500m, 1073741824 (powers of 1024); empty means none."""
+    value = size(raw)
+    if value is None:
+        return None
+    factor = 1024 ** (" KMGT".index(value[-1]) if value[-1] in "KMGT" else 0)
+    return int(value.rstrip("KMGT")) * factor
+
+
 def cpus(raw):
     value = raw.strip()
     if not value:
@@ -343,6 +352,10 @@ SETTINGS = (
     Setting("GPUHUB_DISK_LIMIT", size, "",
             "Size of a user server's writable layer, e.g. 20g (empty: none); needs Docker's "
             "overlay2 on xfs mounted with pquota (docs/security.md)."),
+    Setting("GPUHUB_HOME_QUOTA", byte_size, "",
+            "Soft quota of a student's home volume, e.g. 10g (empty: none): over it, a "
+            "spawn is refused saying how much is used; measured with du at each spawn "
+            "(docs/operations.md, hard quotas there too)."),
     Setting("GPUHUB_PROXY_SERVICES", names, "proxy",
             "Compose services that are the proxy: the hub attaches them to every user "
             "server's network and the Docker API guard lets them join (Traefik's service; "

@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import html
 import inspect
+import types
 
 import docker
 from dockerspawner import DockerSpawner
@@ -16,7 +17,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any, Dict, Float, List, Unicode, default
 
-from . import culling, gpu_hours, imagerefs, names, networks
+from . import culling, gpu_hours, imagerefs, names, networks, volumes
 from .gpu_queue import QueueTimeout, waiting_message
 from .gpu_queue_store import Notice, wait_in_line
 from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
@@ -181,6 +182,12 @@ class GpuhubSpawner(DockerSpawner):
         hub's API, which opens only after this check (hub/config.py).
         """)
 
+    home_quota = Any(None, config=True, help="""
+        Soft quota of the user's home volume in bytes, or None for none: over it, a spawn
+        is refused saying how much is used and what to delete (hub/volumes.py measures
+        with du in a helper container). Example: c.GpuhubSpawner.home_quota = 10 * 2**30
+        """)
+
     _network_watch = None  # one watch per hub process (see _watch_networks)
 
     cull_policy = Any(None, config=True, help="""
@@ -263,6 +270,7 @@ class GpuhubSpawner(DockerSpawner):
         # start() (asyncio.wait_for(spawner.start(), start_timeout) in User.spawn), so a
         # student in line is not cut short by start_timeout; GPUHUB_GPU_QUEUE_TIMEOUT is
         # the bound of the wait. A DELETE of the pending server cancels it here.
+        await self._check_home_quota()  # before the line: a refused spawn holds no GPU
         try:
             await self._take_gpus(self.chosen_course())
         finally:
@@ -270,6 +278,27 @@ class GpuhubSpawner(DockerSpawner):
         result = super().run_pre_spawn_hook()
         if inspect.isawaitable(result):
             await result
+
+    async def _check_home_quota(self):
+        """Refuse the spawn if the home volume is over home_quota (one du run: about a
+        second, longer for homes with very many files; a second one when over)."""
+        if not self.home_quota:
+            return
+        volume = next((name for name, bind in self.volume_binds.items()
+                       if bind["bind"] == self.notebook_dir), None)
+        spec = types.SimpleNamespace(user_image=self.image, container_prefix=self.prefix,
+                                     container_user=self.container_user)
+
+        def measure():
+            if volume is None or not volumes.exists(self.client, volume):
+                return 0, []
+            used = volumes.sizes(self.client, spec, [volume], timeout=120)[volume] or 0
+            return used, volumes.largest(self.client, spec, volume) if used > self.home_quota else []
+        used, folders = await self._in_docker_thread(lambda client: measure())
+        if used > self.home_quota:
+            self.log.info("Spawn of %s refused: home %s uses %s bytes, quota %s", self.user.name,
+                          volume, used, self.home_quota)
+            raise web.HTTPError(403, volumes.over_quota_message(used, self.home_quota, folders))
 
     async def progress(self):
         # the place in line first, then DockerSpawner's (JupyterHub's) own events

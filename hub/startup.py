@@ -41,6 +41,7 @@ class Ready:
     allocator: GpuAllocator = None
     queue: object = None  # hub.gpu_queue_store.GpuQueue, the line in front of the allocator
     volumes_writable: bool = True  # false: the volume step named them; nothing writes there
+    cli_token: str = ""  # the admin CLI's API token (hub/admin.py), in the state folder
 
 
 def problems_of(error):
@@ -104,6 +105,7 @@ def _step_state(s, ready, log):
         return
     os.makedirs(s.state_dir, exist_ok=True)
     ready.traefik_api_password = read_or_create_secret(f"{s.state_dir}/traefik-api-password")
+    ready.cli_token = read_or_create_secret(f"{s.state_dir}/admin-cli-token")
 
 
 def _step_login(s, ready, log):

@@ -30,6 +30,11 @@ OTHER_PROJECT_PROXY = {"Id": "o" * 64, "Name": "/other_proxy_1", "Config": {"Lab
 # looks like a user container by name, but compose made it
 FAKE_USER = {"Id": "f" * 64, "Name": "/gpuhub-x", "Config": {"Labels": {
     "org.gpuhub.user": "x", "org.gpuhub.server": "", "com.docker.compose.project": "gpuhub"}}}
+# the admin CLI's helper (hub/volumes.py): created, never started, mounts one volume
+HELPER = {"Id": "k" * 64, "Name": "/gpuhub-_backup-1a2b3c4d", "State": {"Status": "created"},
+          "Config": {"Labels": {"org.gpuhub.user": "", "org.gpuhub.server": "",
+                                "org.gpuhub.helper": "backup"}}}
+RUNNING_USER = {**USER, "Id": "r" * 64, "Name": "/gpuhub-bob", "State": {"Status": "running"}}
 STUDENT_NET = {"Id": "n" * 64, "Name": "gpuhub-alice", "Labels": {}}
 CONTROL_NET = {"Id": "c" * 64, "Name": "gpuhub-control",
                "Labels": {"com.docker.compose.project": "gpuhub"}}
@@ -40,7 +45,8 @@ STATE_VOLUME = {"Name": "gpuhub-user-state", "Labels": {"com.docker.compose.proj
 
 class FakeEngine:
     containers = {c["Name"].lstrip("/"): c for c in
-                  (USER, PROXY, HUB, GUARD, OTHER_PROJECT_PROXY, FAKE_USER)}
+                  (USER, PROXY, HUB, GUARD, OTHER_PROJECT_PROXY, FAKE_USER, HELPER,
+                   RUNNING_USER)}
     networks = {n["Name"]: n for n in (STUDENT_NET, CONTROL_NET, USERS_NET)}
     volumes = {v["Name"]: v for v in (STATE_VOLUME,)}
 
@@ -210,6 +216,30 @@ async def test_network_connect_and_disconnect(action):
                   "gpuhub-networks-only")
 
 
+@pytest.mark.parametrize("rule, method", [("container-archive-get", "GET"),
+                                          ("container-archive-put", "PUT")])
+async def test_archive_into_and_out_of_the_cli_helpers_only(rule, method):
+    d = await decide(call(method, "/v1.41/containers/gpuhub-_backup-1a2b3c4d/archive",
+                          {"path": ["/home/jovyan"]}))
+    assert d.rule == rule and d.path == f"/v1.41/containers/{HELPER['Id']}/archive"
+    assert d.stream == (method == "PUT")  # a restore's tar streams through, unread
+    # a running server's files: neither read nor changed
+    await refused(call(method, "/containers/gpuhub-bob/archive", {"path": ["/"]}), "no-archive")
+    for other in ("gpuhub_hub_1", "gpuhub_proxy_1", "gpuhub_guard_1", "gpuhub-x"):
+        await refused(call(method, f"/containers/{other}/archive", {"path": ["/"]}),
+                      "gpuhub-containers-only")
+    await refused(call(method, "/containers/gpuhub-_backup-1a2b3c4d/archive",
+                       {"path": ["/"], "copyUIDGID": ["1"]}), "query-params")
+
+
+def test_only_archive_uploads_stream_their_body():
+    assert rules.streams("PUT", "/v1.41/containers/x/archive")
+    assert rules.streams("PUT", "/containers/x/archive")
+    for method, path in (("GET", "/containers/x/archive"), ("POST", "/containers/create"),
+                         ("PUT", "/v1.23/containers/x/archive"), ("POST", "/volumes/create")):
+        assert not rules.streams(method, path), (method, path)
+
+
 # -- refused families, one test each --
 
 @pytest.mark.parametrize("rule, method, path", [
@@ -217,6 +247,7 @@ async def test_network_connect_and_disconnect(action):
     ("no-exec", "POST", "/exec/abc/start"),
     ("no-attach", "POST", "/containers/gpuhub-alice/attach"),
     ("no-archive", "PUT", "/containers/gpuhub-alice/archive"),
+    ("no-archive", "HEAD", "/containers/gpuhub-_backup-1a2b3c4d/archive"),
     ("no-archive", "GET", "/containers/gpuhub-alice/export"),
     ("no-commit", "POST", "/commit"),
     ("no-build", "POST", "/build"),

@@ -3,6 +3,7 @@ socket: refusals never reach the engine, answers stream through, lists are filte
 The real engine: tests/e2e/test_guard_e2e.py."""
 
 import asyncio
+import gzip
 import json
 
 from aiohttp import web
@@ -10,16 +11,29 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from guard.server import make_app
 
-from .test_guard_rules import POLICY, USER, good_body
+from .test_guard_rules import HELPER, POLICY, USER, good_body
+
+
+class Calls(list):
+    uploads = ()
 
 
 async def fake_engine(tmp_path):
     """An engine that knows one user container and records every call it gets."""
-    calls = []
+    calls = Calls()
+    uploads = []
 
     async def handle(request):
         calls.append((request.method, request.path))
         path = request.path.removeprefix("/v1.41")
+        if path in ("/containers/gpuhub-_backup-1a2b3c4d/json", f"/containers/{HELPER['Id']}/json"):
+            return web.json_response(HELPER)
+        if path == f"/containers/{HELPER['Id']}/archive" and request.method == "GET":
+            return web.Response(body=gzip.compress(b"tar" * 1000),
+                                headers={"Content-Encoding": "gzip"})
+        if path == f"/containers/{HELPER['Id']}/archive" and request.method == "PUT":
+            uploads.append(await request.read())
+            return web.Response(status=200)
         if path == f"/containers/{USER['Id']}/logs":
             response = web.StreamResponse()
             await response.prepare(request)
@@ -39,12 +53,13 @@ async def fake_engine(tmp_path):
             return web.json_response({"message": "not found"}, status=404)
         return web.json_response({"Id": "new", "Warnings": []}, status=201)
 
-    app = web.Application()
+    app = web.Application(client_max_size=1 << 30)  # the engine takes any upload
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
     await runner.setup()
     path = str(tmp_path / "engine.sock")
     await web.UnixSite(runner, path).start()
+    calls.uploads = uploads
     return runner, path, calls
 
 
@@ -90,6 +105,28 @@ async def test_streams_pass_through_and_lists_are_filtered(tmp_path):
         assert ("GET", f"/v1.41/containers/{USER['Id']}/logs") in calls
         r = await client.get("/v1.41/containers/json?all=1")
         assert [c["Names"] for c in await r.json()] == [["/gpuhub-alice"]]
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_restore_streams_a_tar_larger_than_the_body_limit(tmp_path):
+    client, runner, calls = await guard_client(tmp_path)
+    tar = bytes(range(256)) * (POLICY.max_body // 256 * 3)  # three times the limit
+    try:
+        r = await client.put("/v1.41/containers/gpuhub-_backup-1a2b3c4d/archive?path=/home",
+                             data=tar, headers={"Content-Type": "application/x-tar"})
+        assert r.status == 200, await r.text()
+        assert calls.uploads == [tar]
+        # a backup's tar, gzipped by the engine: passed on as plain bytes, no stale encoding
+        r = await client.get("/v1.41/containers/gpuhub-_backup-1a2b3c4d/archive?path=/home",
+                             auto_decompress=False)
+        assert r.status == 200 and "Content-Encoding" not in r.headers
+        assert await r.read() == b"tar" * 1000
+        # into a running server: refused, nothing uploaded
+        r = await client.put("/v1.41/containers/gpuhub-alice/archive?path=/home", data=tar)
+        assert r.status == 403 and "(rule: no-archive)" in (await r.json())["message"]
+        assert len(calls.uploads) == 1
     finally:
         await client.close()
         await runner.cleanup()
