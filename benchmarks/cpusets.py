@@ -186,8 +186,7 @@ def main(argv=None):
     try:
         log("starting gpuhub (compose build, up) ...")
         stack = CpusetStack(workdir_for(workroot, "gpuhub"), client, cpus["shared"])
-        stack.start()
-        stack.wait_healthy()
+        stack.up()  # the e2e Stack's: build, up (another subnet if one was taken), healthy
         stack.start_relay()
         alt = HubAlternative("gpuhub", stack)
         # a warm-up spawn (first start of the image) and the idle hub's latency
