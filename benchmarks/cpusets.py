@@ -16,7 +16,7 @@ See docs/performance.md.
     python benchmarks/cpusets.py --burst 20 --rounds 2
 
 Writes benchmarks/results/cpusets.json and cpusets.md. Everything it creates (compose
-project gpuhubbenchcpu<GPUHUB_E2E_ID>, its containers, networks, volumes) is removed at the end.
+project gpuhubcpusets<GPUHUB_E2E_ID>, its containers, networks, volumes) is removed at the end.
 """
 
 import argparse
@@ -38,13 +38,14 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 import requests  # noqa: E402
 
-from benchmarks.alternatives import PROJECT, BenchStack, HubAlternative, workdir_for  # noqa: E402
+from benchmarks.alternatives import BenchStack, HubAlternative, workdir_for  # noqa: E402
 from benchmarks.histograms import buckets, delta, loop_summary  # noqa: E402
 from benchmarks.run import ApiLoad, loadavg, log, machine, run_burst, write  # noqa: E402
 from tests.e2e.stack import wait_for  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 LOOP = "jupyterhub_event_loop_interval_seconds"
+NAME = "gpuhubcpusets"  # the compose project, with GPUHUB_E2E_ID appended
 UNRESPONSIVE = re.compile(r"Event loop was unresponsive for at least ([0-9.]+)s")
 
 
@@ -82,7 +83,8 @@ class CpusetStack(BenchStack):
 
     def __init__(self, workdir, client, cpus):
         self.metrics_token = secrets.token_hex(24)
-        super().__init__(workdir, client, f"{PROJECT}cpu", real_traefik=False,
+        # not gpuhubbench*: run.py sweeps those at its start, and may run at the same time
+        super().__init__(workdir, client, NAME, real_traefik=False,
                          extra_env={"GPUHUB_METRICS_TOKEN": self.metrics_token,
                                     "GPUHUB_BENCH_HUB_CPUSET": cpus["hub"],
                                     "GPUHUB_CPUSET_CPUS": cpus["users"]},
@@ -181,7 +183,7 @@ def main(argv=None):
            "settings": {k: str(v) for k, v in vars(args).items()}, "cpus": cpus,
            "load_before": loadavg(), "variants": {label: [] for label in cpus}}
     subprocess.run([str(REPO / "tests" / "standin" / "build-bases")], check=True, timeout=900)
-    workroot = Path(tempfile.mkdtemp(prefix="gpuhubbenchcpu-"))
+    workroot = Path(tempfile.mkdtemp(prefix="gpuhubcpusets-"))
     stack = None
     try:
         log("starting gpuhub (compose build, up) ...")
@@ -211,6 +213,8 @@ def main(argv=None):
                     stack.switch(cpus[label])
                     current = label
                 doc["variants"][label].append(measure(client, stack, alt, users, args, label, r))
+                # what is measured so far, in case a later round fails
+                write(args.output_dir / "cpusets.json", json.dumps(doc, indent=2) + "\n")
     finally:
         log("cleaning up ...")
         if stack:

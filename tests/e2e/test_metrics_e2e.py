@@ -100,3 +100,4 @@ def test_the_metrics_token_reads_metrics_and_nothing_else(metrics_stack):
     assert s.user_container("student2") is None, "the metrics token started a server"
     assert s.api("GET", "/users/student1").json()["servers"][""]["ready"], \
         "the metrics token stopped a server"
+    s.stop_server("student1")  # the hub removes the server's own network with it
