@@ -39,7 +39,7 @@ import docker  # noqa: E402
 import requests  # noqa: E402
 
 from benchmarks.alternatives import BenchStack, HubAlternative, workdir_for  # noqa: E402
-from benchmarks.histograms import buckets, delta, loop_summary  # noqa: E402
+from benchmarks.histograms import buckets, delta, loop_summary, parse_schedstat, thread_time  # noqa: E402
 from benchmarks.run import ApiLoad, loadavg, log, machine, run_burst, write  # noqa: E402
 from tests.e2e.stack import wait_for  # noqa: E402
 
@@ -115,14 +115,29 @@ def user_cpusets(client, stack, users):
     return sorted(found)
 
 
+def hub_main_thread(stack):
+    """schedstat of the hub's main thread (its event loop), read from the host's /proc
+    (the engine is local); None where it cannot be read."""
+    hub = stack.container("hub")
+    hub.reload()
+    pid = hub.attrs["State"]["Pid"]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return parse_schedstat(f.read())
+    except OSError:
+        return None
+
+
 def measure(client, stack, alt, users, args, label, r):
     """One burst with the API under load; the event loop's histogram around it."""
     since = int(time.time())
     before = buckets(stack.scrape(), LOOP)
     load_before = loadavg()
+    sched_before, t0 = hub_main_thread(stack), time.monotonic()
     with ApiLoad(stack, users, args.concurrency) as during:
         results, all_ready = run_burst(alt, users, 120 + 6 * args.burst)
         cpusets = user_cpusets(client, stack, users)
+    sched_after, wall = hub_main_thread(stack), time.monotonic() - t0
     after = buckets(stack.scrape(), LOOP)
     logs = stack.container("hub").logs(since=since).decode(errors="replace")
     blocks = [float(x) for x in UNRESPONSIVE.findall(logs)]
@@ -132,41 +147,53 @@ def measure(client, stack, alt, users, args, label, r):
            "errors": [x["error"][:300] for x in results if not x["ok"]][:3],
            "event_loop": loop_summary(delta(before, after)),
            "logged_blocks_s": blocks, "user_cpusets": cpusets,
+           "hub_main_thread": thread_time(sched_before, sched_after, wall)
+           if sched_before and sched_after else None,
            "load_before": load_before, "load_after": loadavg()}
     log(f"{label} round {r + 1}: API p99 {out['api']['latency'].get('p99', 0):.0f} ms, "
         f"p50 {out['api']['latency'].get('p50', 0):.0f} ms; loop p99 <= {out['event_loop']['p99_at_most_s']} s, "
-        f"{len(blocks)} logged blocks >= 1 s; all ready in {all_ready or 0:.1f} s; load {out['load_after']}")
+        f"{len(blocks)} logged blocks >= 1 s; main thread {out['hub_main_thread']}; all ready in {all_ready or 0:.1f} s; load {out['load_after']}")
     return out
+
+
+def sched(t):
+    if not t:
+        return "-"
+    return f"{t['on_cpu_s']:.0f} / {t['waiting_for_cpu_s']:.0f} / {t['sleeping_s']:.0f} of {t['wall_s']:.0f}"
 
 
 def markdown(doc):
     lines = [f"# Hub API during a burst: shared CPUs or a core of its own\n",
              f"{doc['started']} UTC, {doc['machine']['nproc']} CPUs ({doc['machine']['cpu_model']}); "
-             f"load average {doc['load_before']} before, {doc['load_after']} after "
+             f"load average {doc['load_before']} before, {doc.get('load_after', '(run cut short)')} after "
              f"(the machine is shared: other benchmarks and tests ran on it). "
              f"Burst of {doc['settings']['burst']} spawns, {doc['settings']['concurrency']} API clients "
              f"(GET /hub/api/users/<name>), {doc['settings']['rounds']} round(s) per variant, interleaved.\n",
              "| variant | hub CPUs | user CPUs | API p50 ms | API p99 ms | API max ms | loop p99 ≤ s | loop max ≤ s "
-             "| ticks late >0.1 s | blocks ≥1 s logged | all ready s | failures | load after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ticks late >0.1 s | blocks ≥1 s logged | hub thread on CPU / waiting for CPU / sleeping s | all ready s | failures | load after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     idle = doc["idle"]
     lat = idle["api"]["latency"]
     lines.append(f"| idle (before) | all | - | {lat.get('p50', 0):.0f} | {lat.get('p99', 0):.0f} | "
                  f"{lat.get('max', 0):.0f} | {idle['event_loop']['p99_at_most_s']} | {idle['event_loop']['max_at_most_s']} | "
-                 f"{idle['event_loop']['share_over_0.1s']:.1%} | - | - | - | {doc['load_before']} |")
+                 f"{idle['event_loop']['share_over_0.1s'] or 0:.1%} | - | {sched(idle.get('hub_main_thread'))} | - | - | {doc['load_before']} |")
     for label, runs in doc["variants"].items():
         cpus = doc["cpus"][label]
         for r, run in enumerate(runs):
             lat, loop = run["api"]["latency"], run["event_loop"]
             blocks = run["logged_blocks_s"]
+            ready = "-" if run["all_ready_s"] is None else f"{run['all_ready_s']:.1f}"  # None: some failed
             lines.append(
                 f"| {label} {r + 1} | {cpus['hub']} | {cpus['users'] or 'all'} | {lat.get('p50', 0):.0f} | "
                 f"{lat.get('p99', 0):.0f} | {lat.get('max', 0):.0f} | {loop['p99_at_most_s']} | {loop['max_at_most_s']} | "
                 f"{(loop['share_over_0.1s'] or 0):.1%} | {len(blocks)} (max {max(blocks, default=0):.1f} s) | "
-                f"{run['all_ready_s'] or 0:.1f} | {run['failures']} | {run['load_after']} |")
+                f"{sched(run.get('hub_main_thread'))} | "
+                f"{ready} | {run['failures']} | {run['load_after']} |")
     lines.append("\nloop: jupyterhub_event_loop_interval_seconds between scrapes just before and after the "
                  "burst; bounds are the histogram's bucket bounds (≤), not interpolated. Blocks logged: the "
-                 "hub's own \"Event loop was unresponsive for at least N s\" warnings.")
+                 "hub's own \"Event loop was unresponsive for at least N s\" warnings. Hub thread: the main "
+                 "thread's /proc schedstat over the burst: on a CPU (its own work), runnable but waiting "
+                 "for a CPU (starved), sleeping (idle or blocked on I/O).")
     return "\n".join(lines) + "\n"
 
 
@@ -200,10 +227,16 @@ def main(argv=None):
         users = [f"cpu{i}" for i in range(args.burst)]
         alt.create_users(users)
         before = buckets(stack.scrape(), LOOP)
+        sched_before, t0 = hub_main_thread(stack), time.monotonic()
         with ApiLoad(stack, users, args.concurrency) as idle:
             time.sleep(args.idle_seconds)  # a fixed measuring window, not a readiness wait
+        sched_after, wall = hub_main_thread(stack), time.monotonic() - t0
         doc["idle"] = {"api": ApiLoad.combined([idle]),
-                       "event_loop": loop_summary(delta(before, buckets(stack.scrape(), LOOP)))}
+                       "event_loop": loop_summary(delta(before, buckets(stack.scrape(), LOOP))),
+                       "hub_main_thread": thread_time(sched_before, sched_after, wall)
+                       if sched_before and sched_after else None}
+        log(f"idle hub: API p99 {doc['idle']['api']['latency'].get('p99', 0):.0f} ms, "
+            f"main thread {doc['idle']['hub_main_thread']}")
         current = "shared"
         for r in range(args.rounds):
             for label in cpus:

@@ -1,4 +1,5 @@
-"""A Prometheus histogram between two scrapes: plain functions, no Docker.
+"""A Prometheus histogram between two scrapes, and a thread's scheduler statistics
+between two readings: plain functions, no Docker.
 
 The hub measures its own event loop (jupyterhub_event_loop_interval_seconds: every 50 ms
 it notes how late its sleep woke up). Two scrapes, before and after a burst, give what
@@ -75,3 +76,24 @@ def loop_summary(hist, resolution=0.05):
         "share_over_1s": round(share_above(hist, 1.0), 4) if count else None,
         "late_s": round(max(0.0, hist["sum"] - resolution * count), 2),
     }
+
+
+# -- the hub's main thread: on the CPU, waiting for one, or neither --
+def parse_schedstat(text):
+    """/proc/<pid>/task/<tid>/schedstat: (ns on a CPU, ns runnable but waiting for one)."""
+    run, wait, _ = text.split()
+    return int(run), int(wait)
+
+
+def thread_time(before, after, wall_s):
+    """How a thread spent `wall_s` seconds between two schedstat readings: on a CPU (the
+    hub's own work), runnable but waiting for a CPU (starved), or sleeping (idle, or
+    blocked on I/O or a lock)."""
+    on_cpu = (after[0] - before[0]) / 1e9
+    waiting = (after[1] - before[1]) / 1e9
+    if on_cpu < 0 or waiting < 0:
+        raise ValueError("schedstat went down: another thread or a restarted process")
+    return {"wall_s": round(wall_s, 2), "on_cpu_s": round(on_cpu, 2),
+            "waiting_for_cpu_s": round(waiting, 2),
+            "sleeping_s": round(max(0.0, wall_s - on_cpu - waiting), 2),
+            "share_waiting": round(waiting / wall_s, 3) if wall_s else None}

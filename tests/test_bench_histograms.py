@@ -70,3 +70,14 @@ def test_the_split_gives_the_users_every_cpu_but_the_hubs(monkeypatch):
     monkeypatch.setattr(cpusets.os, "cpu_count", lambda: 1)
     with pytest.raises(SystemExit):
         cpusets.parse_args([])
+
+
+def test_a_threads_time_on_the_cpu_waiting_for_it_and_asleep():
+    from benchmarks.histograms import parse_schedstat, thread_time
+    before = parse_schedstat("1000000000 500000000 40\n")
+    after = parse_schedstat("4000000000 6500000000 90\n")
+    assert thread_time(before, after, 10.0) == {
+        "wall_s": 10.0, "on_cpu_s": 3.0, "waiting_for_cpu_s": 6.0, "sleeping_s": 1.0,
+        "share_waiting": 0.6}
+    with pytest.raises(ValueError, match="went down"):
+        thread_time(after, before, 10.0)
