@@ -52,6 +52,9 @@ lock: $(UV)
 # The user server's own start-up with and without the workbench extensions, against the
 # image as it was before them (BENCH_STARTUP_BEFORE, a revision; docs/performance.md).
 BENCH_STARTUP_BEFORE ?= 564bd24
+# The hub API during a burst, CPUs shared and the hub on a core of its own
+# (benchmarks/cpusets.py; BENCH_CPUSET_ARGS="--rounds 2").
 bench: setup
 	python benchmarks/run.py $(BENCH_ARGS)
 	python benchmarks/startup.py --before $(BENCH_STARTUP_BEFORE) $(BENCH_STARTUP_ARGS)
+	python benchmarks/cpusets.py $(BENCH_CPUSET_ARGS)

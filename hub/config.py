@@ -13,7 +13,7 @@ import sys
 
 from traitlets.log import get_logger
 
-from . import auth, culling, gpu_culler, origins, routes_file, settings, startup, stop_reasons
+from . import auth, culling, gpu_culler, metrics, origins, routes_file, settings, startup, stop_reasons
 from .gpu_api import GpuAllocationsHandler, GpuUsageHandler
 
 TRAEFIK_API_USER = "gpuhub"
@@ -81,6 +81,7 @@ def update_spawner(c, s, ready):
         "pids_limit": s.pids_limit,
         **({"storage_opt": {"size": s.disk_limit}} if s.disk_limit else {}),
         **({"shm_size": s.shm_size} if s.shm_size else {}),
+        **({"cpuset_cpus": s.cpuset_cpus} if s.cpuset_cpus else {}),
     }
     c.DockerSpawner.mem_limit = s.mem_limit
     c.DockerSpawner.cpu_limit = s.cpu_limit
@@ -120,8 +121,12 @@ def update_services(c, s, ready):
         services.append({"name": "gpuhub-cli", "api_token": ready.cli_token})
         roles.append({"name": "gpuhub-cli", "services": ["gpuhub-cli"],
                       "scopes": ["list:users", "read:users", "read:servers", "delete:servers"]})
-    c.JupyterHub.services = services + more_services
-    c.JupyterHub.load_roles = roles + more_roles
+    # Prometheus scrapes /hub/metrics with this token; its role has no other scope
+    # (docs/metrics.md)
+    metrics_service, metrics_role = metrics.service(ready.metrics_token)
+    c.JupyterHub.authenticate_prometheus = True
+    c.JupyterHub.services = services + more_services + [metrics_service]
+    c.JupyterHub.load_roles = roles + more_roles + [metrics_role]
     # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so
     # that they read the spawner's allocator and line
     c.JupyterHub.tornado_settings = {"gpuhub_allocator": ready.allocator,

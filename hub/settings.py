@@ -240,6 +240,25 @@ def usage_source(raw):
     raise ValueError("nvml, none, or file:/absolute/path (a JSON file of GPU: percent)")
 
 
+_TOKEN = re.compile(r"^[A-Za-z0-9_.~-]{32,256}$")
+_CPUSET = re.compile(r"^[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*$")
+
+
+def api_token(raw):
+    value = raw.strip()
+    if value and not _TOKEN.match(value):
+        raise ValueError("empty, or 32 to 256 letters, digits, '-', '_', '.' or '~' "
+                         "(openssl rand -hex 32)")
+    return value
+
+
+def cpuset(raw):
+    value = raw.strip()
+    if value and not _CPUSET.match(value):
+        raise ValueError("empty, or CPU numbers and ranges as Docker's --cpuset-cpus takes them, e.g. 1 or 1-3,5")
+    return value
+
+
 def absolute_path(raw):
     value = raw.strip()
     if not value.startswith("/"):
@@ -327,6 +346,11 @@ SETTINGS = (
             "Key encrypting login tokens in the hub database (64 hex digits; ;-separated to "
             "rotate); empty: generated on first start and kept on the hub's volume.",
             attr="crypt_key", secret=True),
+    Setting("GPUHUB_METRICS_TOKEN", api_token, "",
+            "API token of the `metrics` service, which may read /hub/metrics and nothing else "
+            "(a role with the one scope read:metrics), for Prometheus; empty: generated on "
+            "first start and kept on the hub's volume (metrics-token). docs/metrics.md.",
+            secret=True),
     # -- user servers --
     Setting("GPUHUB_USER_IMAGE", image, None, "Image of the user servers."),
     Setting("GPUHUB_USER_NETWORK", docker_name, "gpuhub-users",
@@ -347,6 +371,9 @@ SETTINGS = (
     Setting("GPUHUB_MEM_LIMIT", size, "8g", "Memory limit of a user server (empty: none)."),
     Setting("GPUHUB_CPU_LIMIT", cpus, "4", "CPU limit of a user server (empty: none)."),
     Setting("GPUHUB_SHM_SIZE", size, "2g", "/dev/shm of a user server, for input pipelines."),
+    Setting("GPUHUB_CPUSET_CPUS", cpuset, "",
+            "CPUs user servers may run on, e.g. 1-3 (Docker's --cpuset-cpus); empty: all. "
+            "Keeping one core for the hub keeps it answering in a burst (docs/performance.md)."),
     Setting("GPUHUB_PIDS_LIMIT", positive_int, "4096",
             "Processes and threads a user server may run at once (a fork bomb stops there)."),
     Setting("GPUHUB_DISK_LIMIT", size, "",

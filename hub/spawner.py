@@ -21,6 +21,7 @@ from . import culling, gpu_hours, imagerefs, names, networks, volumes
 from .gpu_queue import QueueTimeout, waiting_message
 from .gpu_queue_store import Notice, wait_in_line
 from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
+from .metrics import spawn_timer
 from .names import template_literal
 
 
@@ -318,19 +319,22 @@ class GpuhubSpawner(DockerSpawner):
             if course.nbgitpuller:
                 self.default_url = course.git_pull_default_url()
         await self._take_gpus(course)  # done in run_pre_spawn_hook unless called directly
-        try:
-            await self._join_network()
-            ip, port = await super().start()
-        except BaseException:
-            # a failed start leaves nothing behind: no container (DockerSpawner), no GPU,
-            # no network
-            await self._release()
-            await self._leave_network_quietly()
-            raise
-        if self.ready_poll_interval > 0:
-            base_url = self.server.base_url if self.server else "/"
-            await wait_until_answering(f"http://{ip}:{port}{base_url}api", self.http_timeout,
-                                       self.ready_poll_interval, self._stopped)
+        # gpuhub_spawn_duration_seconds{course}: the wait in line is not counted (it is
+        # gpuhub_gpu_queue_length's), the wait until the server answers is
+        with spawn_timer(course.slug if course else None):
+            try:
+                await self._join_network()
+                ip, port = await super().start()
+            except BaseException:
+                # a failed start leaves nothing behind: no container (DockerSpawner), no GPU,
+                # no network
+                await self._release()
+                await self._leave_network_quietly()
+                raise
+            if self.ready_poll_interval > 0:
+                base_url = self.server.base_url if self.server else "/"
+                await wait_until_answering(f"http://{ip}:{port}{base_url}api", self.http_timeout,
+                                           self.ready_poll_interval, self._stopped)
         return ip, port
 
     async def _stopped(self):

@@ -34,6 +34,7 @@ class Ready:
     """What the steps produced, for hub.config to apply."""
     certificate: tuple = None  # (cert, key) paths, or None with letsencrypt
     traefik_api_password: str = ""
+    metrics_token: str = ""  # the `metrics` service's token (GPUHUB_METRICS_TOKEN or generated)
     login: auth.Login = None
     catalog: courses.Catalog = None
     groups: frozenset = frozenset()  # known group names: GPUHUB_GROUPS and the database's
@@ -106,6 +107,7 @@ def _step_state(s, ready, log):
     os.makedirs(s.state_dir, exist_ok=True)
     ready.traefik_api_password = read_or_create_secret(f"{s.state_dir}/traefik-api-password")
     ready.cli_token = read_or_create_secret(f"{s.state_dir}/admin-cli-token")
+    ready.metrics_token = s.metrics_token or read_or_create_secret(f"{s.state_dir}/metrics-token")
 
 
 def _step_login(s, ready, log):
@@ -168,7 +170,7 @@ STEPS = (
     (_step_volumes, ("state_dir", "routes_file", "tls_dir"), False),
     (_step_origins, ("user_subdomains", "domain", "tls_mode", "acme_dns_provider"), False),
     (_step_tls, ("tls_mode", "domain", "tls_dir", "own_tls_dir", "user_subdomains"), False),
-    (_step_state, ("state_dir",), False),
+    (_step_state, ("state_dir", "metrics_token"), False),
     (_step_login, _LOGIN, False),
     (_step_catalog, ("catalog",), False),
     (_step_groups, ("groups", "state_dir", "catalog"), False),

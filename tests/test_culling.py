@@ -291,10 +291,11 @@ def test_hub_config_starts_the_gpu_culler_only_with_gpus(tmp_path):
            "GPUHUB_TLS_DIR": str(tmp_path / "tls"), "GPUHUB_DUMMY_PASSWORD": "x" * 16}
     c = Config()
     config.apply(c, env)
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpuhub-cli"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpuhub-cli", "metrics"]
     c = Config()
     config.apply(c, {**env, "GPUHUB_GPUS": GPU, "GPUHUB_GPU_MAX_AGE": "7200"})
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpuhub-cli", "gpu-culler"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpuhub-cli",
+                                                          "gpu-culler", "metrics"]
     assert c.GpuhubSpawner.cull_policy.default.gpu_max_age == 7200
     assert "at the latest 2 hours" in c.JupyterHub.template_vars["gpuhub_culling"]
 
