@@ -112,7 +112,8 @@ def update_services(c, s, ready):
         }]
     # what jupyterhub-idle-culler lacks: GPU sessions, per-course timeouts (hub.gpu_culler)
     more_services, more_roles = gpu_culler.service(
-        culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source)
+        culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source,
+        db_password=s.postgres_password)
     c.JupyterHub.services = services + more_services
     c.JupyterHub.load_roles = roles + more_roles
     # GET /hub/api/gpus (with the line) and /hub/api/gpus/usage, served inside the hub so
