@@ -262,6 +262,7 @@ class Setting:
     attr: str = field(default="")
     secret: bool = False  # never shown: repr(Settings) prints "***" for it
     empty_is_default: bool = False  # NAME= (empty) means the same as leaving NAME out
+    quote_bad_value: bool = True  # False: an error does not repeat the value (it may hold a password)
 
     @property
     def key(self):
@@ -425,7 +426,8 @@ SETTINGS = (
     Setting("GPUHUB_DB_URL", database_url, "",
             "Empty: SQLite in GPUHUB_STATE_DIR. PostgreSQL (compose profile postgres, "
             "COMPOSE_PROFILES=postgres): postgresql://gpuhub@postgres:5432/gpuhub, without "
-            "the password. JupyterHub and the GPU allocations share it.", attr="database_url"),
+            "the password. JupyterHub and the GPU allocations share it.", attr="database_url",
+            quote_bad_value=False),
     Setting("GPUHUB_POSTGRES_PASSWORD", text, "",
             "With GPUHUB_DB_URL: the database user's password (openssl rand -hex 24); compose "
             "gives it to the postgres service and, as PGPASSWORD, to the hub.", secret=True),
@@ -476,7 +478,8 @@ def _parse(setting, environ):
     except gpus.GpuConfigError as e:  # a list: the message names the variable and the item
         return None, str(e)
     except ValueError as e:
-        return None, f"{setting.name}={raw!r} is not valid: expected {e}"
+        shown = f"={raw!r}" if setting.quote_bad_value else ""
+        return None, f"{setting.name}{shown} is not valid: expected {e}"
 
 
 def _derive(values, problems):
