@@ -102,7 +102,7 @@ def main(argv=None, environ=None):
     parser = argparse.ArgumentParser(prog="python -m hub.stop_reasons")
     parser.add_argument("--db-url", help="database URL (default: the hub's, in GPUHUB_STATE_DIR)")
     args = parser.parse_args(argv)
-    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR",)).db_url
+    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR", "GPUHUB_DB_URL")).db_url
     rows = sorted(StopReasons(db_url).all().values(), key=lambda r: r.stopped_at)
     for r in rows:
         server = f"{r.user_name}/{r.server_name}" if r.server_name else r.user_name
