@@ -116,3 +116,12 @@ def test_the_command_names_what_is_missing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         dbmove.main(["--bogus"], env)
     assert e.value.code == 2
+
+
+@pytest.mark.e2e
+def test_stop_reasons_on_a_fresh_postgresql_database_are_none_not_an_error(empty_postgres):
+    """The home page asks before the gpu-culler ever stopped a server (no table yet)."""
+    reasons = StopReasons(empty_postgres)
+    assert reasons.all() == {} and reasons.of_user("ada") == []
+    reasons.record("ada", "", "idle", "Stopped.", datetime.datetime(2026, 1, 2))
+    assert [r.reason for r in reasons.of_user("ada")] == ["idle"]

@@ -155,5 +155,6 @@ def test_hub_restarts_keep_servers_and_gpus_and_wait_for_the_database(pg_stack):
     first = sorted(before)[0]
     s.stop_server(first)
     assert first not in holders(s)
+    assert s.api("POST", "/users/late").status_code in (201, 409)
     s.start_server("late", course="deep-learning")
     assert holders(s)["late"] == before[first]
