@@ -46,6 +46,9 @@ def pg_stack(tmp_path_factory, docker_client, standin_bases):
         yield s
     finally:
         s.down()
+        # the servers' own networks (hub/networks.py) of servers removed with the stack
+        for network in docker_client.networks.list(filters={"name": s.prefix}):
+            network.remove()
 
 
 def psql(stack, query):
