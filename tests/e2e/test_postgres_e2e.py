@@ -161,3 +161,17 @@ def test_hub_restarts_keep_servers_and_gpus_and_wait_for_the_database(pg_stack):
     assert s.api("POST", "/users/late").status_code in (201, 409)
     s.start_server("late", course="deep-learning")
     assert holders(s)["late"] == before[first]
+
+
+def test_the_move_command_runs_in_the_hub_image_and_refuses_a_used_database(pg_stack):
+    """docs/postgresql.md's `docker compose run --rm --no-deps hub python3 -m hub.dbmove`,
+    with an SQLite hub database made by JupyterHub's models: it reaches PostgreSQL with
+    the password compose gives the hub, and refuses to write over the running hub's."""
+    s = pg_stack
+    result = s.compose("run", "--rm", "--no-deps", "hub", "sh", "-c",
+                       "python3 -c 'from jupyterhub import orm; "
+                       "orm.new_session_factory(\"sqlite:////tmp/old.sqlite\")' "
+                       "&& python3 -m hub.dbmove --from sqlite:////tmp/old.sqlite", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nothing moved: the target database is not empty" in result.stderr, result.stderr
+    assert ["ada"] in psql(s, "SELECT name FROM users"), "the hub's database is as it was"
