@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from .stack import wait_for
+from .stack import free_subnet, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,12 @@ PASSWORD = secrets.token_hex(16)
 @pytest.fixture(scope="module")
 def pg_stack(tmp_path_factory, docker_client, standin_bases):
     from .conftest import make_stack
+    # an address pool of its own for the servers' networks: stacks of other runs on this
+    # engine take /28s of the default 10.128.0.0/16 too
+    pool = free_subnet(docker_client, "10.{}.0.0/16", "the servers' address pool")
+    assert str(pool) != "10.254.0.0/16", "10.254.0.0/16 holds the control networks"
     s = make_stack(tmp_path_factory, docker_client, "gpuhubpg", real_traefik=False, extra_env={
+        "GPUHUB_SERVER_SUBNETS": str(pool),
         "COMPOSE_PROFILES": "postgres",
         "GPUHUB_DB_URL": "postgresql://gpuhub@postgres:5432/gpuhub",
         "GPUHUB_POSTGRES_PASSWORD": PASSWORD,
