@@ -28,7 +28,7 @@ from .gpu_store import GpuAllocator
 
 # the settings the `gpus` command reads; the others are neither read nor required
 GPU_SETTINGS = ("GPUHUB_GPUS", "GPUHUB_GPU_MODE", "GPUHUB_GPU_MAX_USERS",
-                "GPUHUB_GPU_GROUP_CAPS", "GPUHUB_STATE_DIR")
+                "GPUHUB_GPU_GROUP_CAPS", "GPUHUB_STATE_DIR", "GPUHUB_DB_URL")
 
 
 def show_gpus(report, out=None):
@@ -70,7 +70,7 @@ def gpus_command(args, environ=None):
 
 
 def existing_db_url(args, environ):
-    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR",)).db_url
+    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR", "GPUHUB_DB_URL")).db_url
     path = db_url.removeprefix("sqlite:///")
     if db_url.startswith("sqlite:///") and not os.path.exists(path):
         raise SystemExit(f"no hub database at {path}: is this the hub container? "

@@ -114,7 +114,8 @@ def update_services(c, s, ready):
         }]
     # what jupyterhub-idle-culler lacks: GPU sessions, per-course timeouts (hub.gpu_culler)
     more_services, more_roles = gpu_culler.service(
-        culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source)
+        culling.hub_policy(s, ready.catalog, ready.allocator), s.db_url, s.gpu_usage_source,
+        db_password=s.postgres_password)
     # the admin CLI (hub/admin.py, `gpuhub` in the hub container): reads servers, stops
     # them; its token is in the state folder, readable by the hub's user only
     if ready.cli_token:

@@ -204,8 +204,9 @@ class Culler:
             await asyncio.sleep(interval)
 
 
-def service(policy, db_url, usage, python=sys.executable):
-    """The JupyterHub service and role for this culler, or ([], []) if nothing to enforce."""
+def service(policy, db_url, usage, python=sys.executable, db_password=""):
+    """The JupyterHub service and role for this culler, or ([], []) if nothing to enforce.
+    `db_password`: PostgreSQL's, for libpq (PGPASSWORD), never on the command line."""
     if not policy.enforced():
         return [], []
     # a managed service gets only the environment given here: find the hub package
@@ -214,7 +215,7 @@ def service(policy, db_url, usage, python=sys.executable):
         "name": "gpu-culler",
         "command": [python, "-m", "hub.gpu_culler", "--db-url", db_url, "--usage", usage,
                     "--policy", json.dumps(policy.as_json(), separators=(",", ":"))],
-        "environment": {"PYTHONPATH": hub_dir},
+        "environment": {"PYTHONPATH": hub_dir, **({"PGPASSWORD": db_password} if db_password else {})},
     }], [{"name": "gpu-culler", "scopes": list(SCOPES), "services": ["gpu-culler"]}])
 
 

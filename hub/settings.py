@@ -259,6 +259,21 @@ def cpuset(raw):
     return value
 
 
+def database_url(raw):
+    """GPUHUB_DB_URL: empty (SQLite on the hub's volume) or a PostgreSQL URL without a password."""
+    value = raw.strip()
+    if not value:
+        return ""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("postgresql", "postgresql+psycopg2") or not parsed.hostname:
+        raise ValueError("empty (SQLite on the hub's volume) or a PostgreSQL URL such as "
+                         "postgresql://gpuhub@postgres:5432/gpuhub")
+    if parsed.password is not None:
+        # the URL shows up in logs and in the gpu-culler's command line
+        raise ValueError("a URL without a password: put the password in GPUHUB_POSTGRES_PASSWORD")
+    return value
+
+
 def absolute_path(raw):
     value = raw.strip()
     if not value.startswith("/"):
@@ -275,6 +290,7 @@ class Setting:
     attr: str = field(default="")
     secret: bool = False  # never shown: repr(Settings) prints "***" for it
     empty_is_default: bool = False  # NAME= (empty) means the same as leaving NAME out
+    quote_bad_value: bool = True  # False: an error does not repeat the value (it may hold a password)
 
     @property
     def key(self):
@@ -446,6 +462,15 @@ SETTINGS = (
             "With TLS_MODE=own: where the hub finds cert.pem and key.pem."),
     Setting("GPUHUB_STATE_DIR", absolute_path, "/srv/jupyterhub",
             "Hub state on its named volume: database, cookie secret, generated keys."),
+    # -- the database (hub/database.py, docs/postgresql.md) --
+    Setting("GPUHUB_DB_URL", database_url, "",
+            "Empty: SQLite in GPUHUB_STATE_DIR. PostgreSQL (compose profile postgres, "
+            "COMPOSE_PROFILES=postgres): postgresql://gpuhub@postgres:5432/gpuhub, without "
+            "the password. JupyterHub and the GPU allocations share it.", attr="database_url",
+            quote_bad_value=False),
+    Setting("GPUHUB_POSTGRES_PASSWORD", text, "",
+            "With GPUHUB_DB_URL: the database user's password (openssl rand -hex 24); compose "
+            "gives it to the postgres service and, as PGPASSWORD, to the hub.", secret=True),
 )
 
 
@@ -468,7 +493,8 @@ class Settings:
 
     @property
     def db_url(self):
-        return f"sqlite:///{self.database}"
+        """GPUHUB_DB_URL, or the SQLite database (also for a tool that read only GPUHUB_STATE_DIR)."""
+        return getattr(self, "database_url", "") or f"sqlite:///{self.database}"
 
     @property
     def public_url(self):
@@ -492,11 +518,15 @@ def _parse(setting, environ):
     except gpus.GpuConfigError as e:  # a list: the message names the variable and the item
         return None, str(e)
     except ValueError as e:
-        return None, f"{setting.name}={raw!r} is not valid: expected {e}"
+        shown = f"={raw!r}" if setting.quote_bad_value else ""
+        return None, f"{setting.name}{shown} is not valid: expected {e}"
 
 
 def _derive(values, problems):
     """Values made of several settings, checked together; only when each part parsed."""
+    if values.get("database_url") and not values.get("postgres_password", "-"):
+        problems.append("GPUHUB_POSTGRES_PASSWORD is not set: GPUHUB_DB_URL names a PostgreSQL "
+                        "database, which needs the password of its user")
     parts = ("gpu_mode", "gpu_max_users", "gpu_group_caps")
     if all(part in values for part in parts):
         try:

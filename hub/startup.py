@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import docker
 from sqlalchemy import create_engine, inspect, select
 
-from . import auth, courses, gpu_queue_store, gpus, origins, state_dirs, tls
+from . import auth, courses, database, gpu_queue_store, gpus, origins, state_dirs, tls
 from .gpu_store import GpuAllocator
 from .secretfiles import read_or_create_secret
 from .settings import SettingsError
 
 # the problems an admin can fix; each carries a message naming the variable, file or field
 ERRORS = (SettingsError, tls.TLSError, courses.CatalogError, gpus.GpuConfigError,
-          state_dirs.StateDirError)
+          state_dirs.StateDirError, database.DatabaseError)
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Ready:
     queue: object = None  # hub.gpu_queue_store.GpuQueue, the line in front of the allocator
     volumes_writable: bool = True  # false: the volume step named them; nothing writes there
     cli_token: str = ""  # the admin CLI's API token (hub/admin.py), in the state folder
+    database_reachable: bool = True  # false: the database step said why; nothing reads it
 
 
 def problems_of(error):
@@ -50,7 +51,7 @@ def problems_of(error):
     return list(getattr(error, "problems", None) or [str(error)])
 
 
-def known_groups(configured, database):
+def known_groups(configured, db_url):
     """Groups a catalog or a GPU cap may name: configured ones and those already in the
     hub's database (e.g. synced from the identity provider at earlier logins).
 
@@ -60,9 +61,10 @@ def known_groups(configured, database):
     from jupyterhub import orm  # the hub's heavy import, needed only here
 
     names = set(configured)
-    if not os.path.exists(database):
+    path = database.sqlite_path(db_url)
+    if path is not None and not os.path.exists(path):
         return frozenset(names)  # first start: create nothing before JupyterHub does
-    engine = create_engine(f"sqlite:///{database}")
+    engine = create_engine(db_url)
     try:
         if inspect(engine).has_table(orm.Group.__tablename__):
             with engine.connect() as conn:
@@ -119,8 +121,18 @@ def _step_catalog(s, ready, log):
         ready.catalog = courses.load_catalog(s.catalog)
 
 
+def _step_database(s, ready, log):
+    # PostgreSQL may still be starting (compose cannot make the hub wait for a service
+    # of a profile): wait for it here, with a message that says what is awaited
+    ready.database_reachable = False
+    database.wait_until_reachable(s.db_url, log)
+    ready.database_reachable = True
+
+
 def _step_groups(s, ready, log):
-    ready.groups = known_groups(s.groups, s.database)
+    if not ready.database_reachable:
+        return  # the database step said why
+    ready.groups = known_groups(s.groups, s.db_url)
     if ready.catalog:
         courses.check_groups(ready.catalog, ready.groups)
         log.info("Courses from %s: %s", s.catalog,
@@ -173,9 +185,10 @@ STEPS = (
     (_step_state, ("state_dir", "metrics_token"), False),
     (_step_login, _LOGIN, False),
     (_step_catalog, ("catalog",), False),
-    (_step_groups, ("groups", "state_dir", "catalog"), False),
+    (_step_database, ("state_dir", "database_url"), False),
+    (_step_groups, ("groups", "state_dir", "database_url", "catalog"), False),
     (_step_gpus, ("gpus", "gpu_policy"), False),
-    (_step_allocations, ("state_dir", "container_prefix", "gpu_policy", "gpu_queue_timeout"), True),
+    (_step_allocations, ("state_dir", "database_url", "container_prefix", "gpu_policy", "gpu_queue_timeout"), True),
 )
 
 

@@ -10,7 +10,10 @@ import datetime
 
 from sqlalchemy import (Column, DateTime, MetaData, Table, Unicode, UnicodeText, create_engine,
                         delete, insert, select)
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+# no table yet: SQLite says OperationalError, PostgreSQL ProgrammingError (UndefinedTable)
+NO_TABLE = (OperationalError, ProgrammingError)
 
 metadata = MetaData()
 stop_reasons = Table(
@@ -55,7 +58,7 @@ class StopReasons:
         try:
             with self.engine.connect() as conn:
                 return {(r.user_name, r.server_name): r for r in conn.execute(select(stop_reasons))}
-        except OperationalError:
+        except NO_TABLE:
             return {}  # no table yet: nothing was ever stopped by the culler
 
     def of_user(self, user):
@@ -64,7 +67,7 @@ class StopReasons:
                 return list(conn.execute(select(stop_reasons)
                                          .where(stop_reasons.c.user_name == user)
                                          .order_by(stop_reasons.c.server_name)))
-        except OperationalError:
+        except NO_TABLE:
             return []
 
 
@@ -102,7 +105,7 @@ def main(argv=None, environ=None):
     parser = argparse.ArgumentParser(prog="python -m hub.stop_reasons")
     parser.add_argument("--db-url", help="database URL (default: the hub's, in GPUHUB_STATE_DIR)")
     args = parser.parse_args(argv)
-    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR",)).db_url
+    db_url = args.db_url or settings.load(environ, only=("GPUHUB_STATE_DIR", "GPUHUB_DB_URL")).db_url
     rows = sorted(StopReasons(db_url).all().values(), key=lambda r: r.stopped_at)
     for r in rows:
         server = f"{r.user_name}/{r.server_name}" if r.server_name else r.user_name

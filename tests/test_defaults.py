@@ -74,6 +74,7 @@ def test_what_compose_sets_for_the_hub_is_the_settings_default():
 # variables compose sets for the hub that libraries read, not hub.settings
 LIBRARY_VARIABLES = {
     "DOCKER_HOST": "docker-py and DockerSpawner: the Docker API guard's socket",
+    "PGPASSWORD": "libpq (psycopg2): GPUHUB_POSTGRES_PASSWORD, for GPUHUB_DB_URL",
 }
 
 

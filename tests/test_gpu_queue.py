@@ -14,6 +14,7 @@ from hub import gpu_queue, gpu_queue_store, gpus
 from hub.gpu_store import GpuAllocator
 from hub.gpu_queue import GROUP_CAP, NO_GPU, READY, Place, line_status
 from tests.e2e.stack import wait_for
+from tests.postgres_standin import postgres_url  # noqa: F401 (a fixture)
 from tests.test_gpus import UUIDS
 
 T0 = datetime.datetime(2026, 11, 30, 9, 0, tzinfo=datetime.timezone.utc)
@@ -115,14 +116,29 @@ def test_estimate_from_maximum_age_and_idle_timers():
 
 
 # -- the line in the database --
-def make_queue(tmp_path, n=2, caps="", clock=None, timeout=60, name="hub.sqlite", **kwargs):
-    allocator = GpuAllocator(f"sqlite:///{tmp_path / name}", inventory(n),
+# SQLite, and PostgreSQL (the stand-in server, tests/postgres_standin.py; needs Docker)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/hub.sqlite"
+    from sqlalchemy import create_engine
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
+    gpu_queue_store.metadata.drop_all(engine)
+    from hub import gpu_store
+    gpu_store.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+def make_queue(tmp_path, n=2, caps="", clock=None, timeout=60, name="hub.sqlite", url=None, **kwargs):
+    allocator = GpuAllocator(url or f"sqlite:///{tmp_path / name}", inventory(n),
                                   gpus.Policy(group_caps=gpus.parse_group_caps(caps)), clock=clock)
     return gpu_queue_store.GpuQueue(allocator, timeout, **kwargs)
 
 
-def test_one_place_per_server_and_served_in_order(tmp_path):
-    q = make_queue(tmp_path, n=1)
+def test_one_place_per_server_and_served_in_order(tmp_path, db_url):
+    q = make_queue(tmp_path, n=1, url=db_url)
     q.join("holder", "", 1)
     assert q.try_take("holder", "", 1)[0], "an empty line: served at once"
     assert q.line() == []
@@ -224,8 +240,8 @@ def serve_all(q, users, barrier, served, lock, holders):
     return threads
 
 
-def test_twelve_threads_in_line_are_served_in_ticket_order(tmp_path):
-    q = make_queue(tmp_path, n=4)
+def test_twelve_threads_in_line_are_served_in_ticket_order(tmp_path, db_url):
+    q = make_queue(tmp_path, n=4, url=db_url)
     for i in range(4):
         q.allocator.allocate(f"holder{i}", "", 1)
     served, lock, holders = [], threading.Lock(), [f"holder{i}" for i in range(4)]
@@ -265,13 +281,13 @@ def process_waiter(db_url, user, barrier, results):
     results.put(("timeout", user, None))
 
 
-def test_six_processes_in_line_never_double_book_and_keep_the_order(tmp_path):
-    q = make_queue(tmp_path, n=2)
+def test_six_processes_in_line_never_double_book_and_keep_the_order(tmp_path, db_url):
+    q = make_queue(tmp_path, n=2, url=db_url)
     q.allocator.allocate("h0", "", 1)
     q.allocator.allocate("h1", "", 1)
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(6), ctx.Queue()
-    procs = [ctx.Process(target=process_waiter, args=(str(q.allocator.engine.url), f"p{i}",
+    procs = [ctx.Process(target=process_waiter, args=(db_url, f"p{i}",
                                                          barrier, results)) for i in range(6)]
     for p in procs:
         p.start()

@@ -25,24 +25,24 @@ from sqlalchemy.exc import IntegrityError
 from hub import cli, gpu_store, gpus, settings
 from hub.gpu_store import GpuAllocator
 from tests.e2e.stack import free_port, wait_for
+from tests.postgres_standin import postgres_url  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 UUIDS = [f"GPU-{i:08x}-aaaa-4bbb-8ccc-{i:012x}" for i in range(1, 9)]
 
 
-# The tests that take a `db_url` also run against PostgreSQL when this names a database
-# they may wipe, e.g. postgresql://postgres@127.0.0.1:54329/postgres (needs psycopg2).
-POSTGRES_URL = os.environ.get("GPUHUB_TEST_POSTGRES_URL", "")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"])
+# The tests that take a `db_url` also run against PostgreSQL: GPUHUB_TEST_POSTGRES_URL
+# (a database they may wipe), or else a stand-in server in Docker for the session
+# (tests/postgres_standin.py); marked e2e, as they need the Docker engine.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/hub.sqlite"
-    engine = create_engine(POSTGRES_URL)
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
     gpu_store.metadata.drop_all(engine)
     engine.dispose()
-    return POSTGRES_URL
+    return url
 
 
 def make(tmp_path, n=4, mode="exclusive", max_users="1", caps="", name="hub.sqlite", url=None):

@@ -72,13 +72,13 @@ def test_errors_other_than_an_admins_mistakes_are_not_swallowed(tmp_path):
 def test_known_groups_come_from_jupyterhubs_own_tables(tmp_path):
     from jupyterhub import orm
     database = tmp_path / "jupyterhub.sqlite"
-    assert startup.known_groups(("cs101",), str(database)) == {"cs101"}
+    assert startup.known_groups(("cs101",), f"sqlite:///{database}") == {"cs101"}
     assert not database.exists(), "the first start leaves the database to JupyterHub"
     database.write_bytes(b"")  # a file JupyterHub has not initialised yet: no groups table
-    assert startup.known_groups(("cs101",), str(database)) == {"cs101"}
+    assert startup.known_groups(("cs101",), f"sqlite:///{database}") == {"cs101"}
     database.unlink()
     session = orm.new_session_factory(f"sqlite:///{database}")()
     session.add_all([orm.Group(name="research"), orm.Group(name="staff")])
     session.commit()
     session.close()
-    assert startup.known_groups(("cs101",), str(database)) == {"cs101", "research", "staff"}
+    assert startup.known_groups(("cs101",), f"sqlite:///{database}") == {"cs101", "research", "staff"}

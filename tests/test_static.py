@@ -72,7 +72,14 @@ def test_compose_config_resolves_with_the_example_env(tmp_path):
     # the control network carrying Traefik's API is internal and has no user containers
     control = config["networks"]["control"]
     assert control["internal"] is True
-    assert set(config["services"]) == {"proxy", "hub", "guard", "user-image", "egress"}
+    assert set(config["services"]) == {"proxy", "hub", "guard", "user-image", "egress", "postgres"}
+    # PostgreSQL is optional (a profile), pinned, and on an internal network with the hub only
+    postgres = config["services"]["postgres"]
+    assert postgres["profiles"] == ["postgres"] and "healthcheck" in postgres
+    assert re.fullmatch(r"postgres:\d+\.\d+-bookworm(@sha256:[0-9a-f]{64})?", postgres["image"])
+    assert config["networks"]["database"]["internal"] is True
+    assert {name for name, service in config["services"].items()
+            if "database" in (service.get("networks") or {})} == {"hub", "postgres"}
     # the engine's socket is the guard's alone; the hub is locked down (docs/security.md)
     socket_holders = {name for name, service in config["services"].items()
                       if any("docker.sock" in str(v.get("source", v) if isinstance(v, dict) else v)

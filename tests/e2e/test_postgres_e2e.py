@@ -1,0 +1,182 @@
+"""The hub on PostgreSQL (compose profile `postgres`, issue 12 item 3), end to end: the
+compose file as an admin runs it with COMPOSE_PROFILES=postgres, GPUHUB_DB_URL and
+GPUHUB_POSTGRES_PASSWORD in .env; PostgreSQL is the stand-in image of Debian's
+postgresql-15 (no registry here: tests/standin/postgres), the stand-in for Traefik's API
+as everywhere, fake GPU UUIDs that the no-op nvidia hook lets Docker accept (no GPU,
+nothing asks NVML). One stack for the essential checks: JupyterHub's and the allocator's
+tables in PostgreSQL, a spawn, a GPU race, hub restarts (also with the database down
+first), and what a student reaches of the database: nothing."""
+
+import secrets
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import yaml
+
+from .stack import free_subnet, wait_for
+
+pytestmark = pytest.mark.e2e
+
+GPUS = [f"GPU-00000000-0000-4000-8000-0000000000d{i}" for i in range(1, 3)]
+PASSWORD = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def pg_stack(tmp_path_factory, docker_client, standin_bases):
+    from .conftest import make_stack
+    # an address pool of its own for the servers' networks: stacks of other runs on this
+    # engine take /28s of the default 10.128.0.0/16 too
+    pool = free_subnet(docker_client, "10.{}.0.0/16", "the servers' address pool")
+    assert str(pool) != "10.254.0.0/16", "10.254.0.0/16 holds the control networks"
+    s = make_stack(tmp_path_factory, docker_client, "gpuhubpg", real_traefik=False, extra_env={
+        "GPUHUB_SERVER_SUBNETS": str(pool),
+        "COMPOSE_PROFILES": "postgres",
+        "GPUHUB_DB_URL": "postgresql://gpuhub@postgres:5432/gpuhub",
+        "GPUHUB_POSTGRES_PASSWORD": PASSWORD,
+        "GPUHUB_GPUS": ",".join(GPUS),
+        "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
+        # no line: the race is about who gets a GPU and who is refused
+        "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
+    })
+    image = s.env["GPUHUB_USER_IMAGE"]
+    (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
+        {"slug": "cpu", "display_name": "CPU only", "description": "No GPU",
+         "image": image, "default": True, "gpus": 0},
+        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
+         "image": image, "gpus": 1},
+    ]}))
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+        # the servers' own networks (hub/networks.py) of servers removed with the stack
+        for network in docker_client.networks.list(filters={"name": s.prefix}):
+            network.remove()
+
+
+def psql(stack, query):
+    """Rows of `query`, run by psql inside the postgres container (as an admin would)."""
+    code, out = stack.container("postgres").exec_run(
+        ["psql", "-h", "127.0.0.1", "-U", "gpuhub", "-d", "gpuhub", "-At", "-F", "|", "-c", query],
+        environment={"PGPASSWORD": PASSWORD})
+    assert code == 0, out.decode()
+    return [line.split("|") for line in out.decode().splitlines() if line]
+
+
+def holders(stack):
+    r = stack.api("GET", "/gpus")
+    assert r.status_code == 200, r.text
+    return {h["user"]: gpu["uuid"] for gpu in r.json()["gpus"] for h in gpu["holders"]}
+
+
+def running_gpu_containers(stack):
+    found = {}
+    for c in stack.client.containers.list(filters={"label": "org.gpuhub.user"}):
+        if c.name.startswith(stack.prefix):
+            ids = [i for r in c.attrs["HostConfig"].get("DeviceRequests") or []
+                   for i in r.get("DeviceIDs") or []]
+            if ids:
+                found[c.labels["org.gpuhub.user"]] = ids[0]
+    return found
+
+
+def test_spawn_keeps_users_and_gpus_in_postgresql(pg_stack):
+    s = pg_stack
+    assert s.api("POST", "/users/ada").status_code in (201, 409)
+    s.start_server("ada", course="deep-learning")
+    assert s.server_api("ada", "/api/status").status_code == 200, "ada's server answers"
+    tables = {row[0] for row in psql(s, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"users", "spawners", "api_tokens", "alembic_version",
+            "gpuhub_gpu_slots", "gpuhub_gpu_usage"} <= tables, tables
+    assert ["ada"] in psql(s, "SELECT name FROM users")
+    assert psql(s, "SELECT user_name, gpu_uuid FROM gpuhub_gpu_slots") == [["ada", holders(s)["ada"]]]
+    code, out = s.container("hub").exec_run(["ls", "/srv/jupyterhub"])
+    assert "jupyterhub.sqlite" not in out.decode(), "no SQLite database beside PostgreSQL"
+
+
+def test_gpu_race_on_postgresql_gives_each_gpu_once(pg_stack):
+    s = pg_stack
+    racers = [f"race{i}" for i in range(4)]
+    for u in racers:
+        assert s.api("POST", f"/users/{u}").status_code in (201, 409)
+    # ada holds one of the two GPUs: of four at once exactly one gets the other
+    with ThreadPoolExecutor(len(racers)) as pool:
+        answers = dict(zip(racers, pool.map(
+            lambda u: s.api("POST", f"/users/{u}/server", json={"course": "deep-learning"}),
+            racers)))
+    codes = {u: r.status_code for u, r in answers.items()}
+    started = [u for u, code in codes.items() if code in (201, 202)]
+    assert len(started) == 1 and sorted(codes.values()).count(503) == 3, \
+        {u: (r.status_code, r.text[:200]) for u, r in answers.items()}
+    wait_for(lambda: s.api("GET", f"/users/{started[0]}").json()["servers"].get("", {}).get("ready"),
+             180, f"{started[0]}'s server to be ready")
+    for u in racers:
+        if u not in started:
+            wait_for(lambda: "" not in s.api("GET", f"/users/{u}").json()["servers"], 30,
+                     f"{u}'s refused server to clear")
+    assert holders(s) == running_gpu_containers(s)
+    assert sorted(holders(s).values()) == sorted(GPUS), "each GPU held once"
+    assert len(psql(s, "SELECT gpu_uuid FROM gpuhub_gpu_slots")) == len(GPUS)
+
+
+def test_a_student_reaches_neither_the_database_nor_its_password(pg_stack):
+    s = pg_stack
+    user = s.user_container("ada")
+    postgres_ip = s.ip(s.container("postgres"), f"{s.project}_database")
+    # a student's terminal: connect to PostgreSQL by name and by address
+    probe = ("import socket, sys\n"
+             "for host in ('postgres', sys.argv[1]):\n"
+             "    try:\n"
+             "        socket.create_connection((host, 5432), timeout=3).close(); print('reached', host)\n"
+             "    except OSError as e:\n"
+             "        print('refused', host, e)\n")
+    code, out = user.exec_run(["python3", "-c", probe, postgres_ip])
+    text = out.decode()
+    assert code == 0 and "reached" not in text and text.count("refused") == 2, text
+    code, out = user.exec_run(["env"])
+    assert PASSWORD not in out.decode() and "PGPASSWORD" not in out.decode()
+    logs = s.compose("logs", "--no-color").stdout
+    assert "postgres" in logs and PASSWORD not in logs, "the password is in no log"
+
+
+def test_hub_restarts_keep_servers_and_gpus_and_wait_for_the_database(pg_stack):
+    s = pg_stack
+    before = holders(s)
+    assert len(before) == 2
+    s.compose("restart", "hub")
+    s.wait_healthy()
+    assert holders(s) == before == running_gpu_containers(s)
+    # the database down when the hub starts: the hub waits, says so, and comes up with it
+    s.compose("stop", "hub", "postgres")
+    s.compose("start", "hub")
+    wait_for(lambda: "Waiting for the database" in s.logs("hub"), 60,
+             "the hub to say it waits for the database")
+    assert s.container("hub").status == "running"
+    s.compose("start", "postgres")
+    s.wait_healthy()
+    assert holders(s) == before == running_gpu_containers(s)
+    for user in before:
+        assert s.server_api(user, "/api/status").status_code == 200, f"{user}'s server answers"
+    # and the freed GPU goes to the next student
+    first = sorted(before)[0]
+    s.stop_server(first)
+    assert first not in holders(s)
+    assert s.api("POST", "/users/late").status_code in (201, 409)
+    s.start_server("late", course="deep-learning")
+    assert holders(s)["late"] == before[first]
+
+
+def test_the_move_command_runs_in_the_hub_image_and_refuses_a_used_database(pg_stack):
+    """docs/postgresql.md's `docker compose run --rm --no-deps hub python3 -m hub.dbmove`,
+    with an SQLite hub database made by JupyterHub's models: it reaches PostgreSQL with
+    the password compose gives the hub, and refuses to write over the running hub's."""
+    s = pg_stack
+    result = s.compose("run", "--rm", "--no-deps", "hub", "sh", "-c",
+                       "python3 -c 'from jupyterhub import orm; "
+                       "orm.new_session_factory(\"sqlite:////tmp/old.sqlite\")' "
+                       "&& python3 -m hub.dbmove --from sqlite:////tmp/old.sqlite", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nothing moved: the target database is not empty" in result.stderr, result.stderr
+    assert ["ada"] in psql(s, "SELECT name FROM users"), "the hub's database is as it was"
