@@ -49,7 +49,10 @@ def _check_mounts(spec, policy):
             if not _nfs_ok(mount, policy):
                 raise Refusal("no-volume-options", "volume driver options are not allowed "
                                                    "(only the NFS export in GPUHUB_SWARM_NFS)")
-            mount = Folded({k: v for k, v in mount.items() if k != "volumeoptions"})
+            # checked above; the container rules refuse any driver config
+            stripped = Folded()
+            stripped.update((k, v) for k, v in mount.items() if k != "volumeoptions")
+            mount = stripped
         plain.append(mount)
     _mounts(plain, policy)
 
@@ -158,9 +161,9 @@ def check_service_create(body, policy):
            keys_as_sent(get(body, "Labels", Folded, Folded()))):
         raise Refusal("gpuhub-labels", "user servers may not carry compose's labels")
     mode = obj(body, "Mode")
-    if truthy(mode.get("global")) or truthy(mode.get("globaljob")) or \
-            truthy(mode.get("replicatedjob")) or \
-            (obj(mode, "Replicated").get("replicas") or 1) != 1:
+    # present, even empty ({"Global": {}}), is the mode the engine takes
+    if any(mode.get(k) is not None for k in ("global", "globaljob", "replicatedjob")) or \
+            get(obj(mode, "Replicated"), "Replicas", int, 1) not in (0, 1):
         raise Refusal("one-replica", "a user server is one replica (a global service runs on "
                                      "every node)")
     endpoint = obj(body, "EndpointSpec")
