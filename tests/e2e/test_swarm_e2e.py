@@ -3,8 +3,10 @@ a network namespace of its own on this machine (tests/e2e/swarm.py). There is no
 workers advertise fake GPU UUIDs as the generic resource NVIDIA-GPU (`node-generic-resources`
 in their daemon.json), which is all the hub reads; the no-op nvidia hook is on their PATH."""
 
+import asyncio
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -107,150 +109,151 @@ def test_the_swarm_is_gone_after_teardown(tmp_path):
     assert not Path(s.manager.sock).exists()
 
 
-# -- gpuhub's placement on the real swarm: the inventory from what the nodes advertise,
-# -- the hub's allocator, and services built from hub/swarm.py as GpuhubSwarmSpawner does
-
-def build_service(swarm_, name, command, gpus=(), home_node="", volume=None, network=None):
-    """A server's service as GpuhubSwarmSpawner.create_object builds it (SwarmSpawner's
-    create_object with gpuhub's extra_* specs), with a command instead of Jupyter."""
-    from docker.types import ContainerSpec, EndpointSpec, Placement, TaskTemplate
-
-    from hub import swarm as hs
-    env = {"NVIDIA_VISIBLE_DEVICES": ",".join(g.uuid for g in gpus) or "void"}
-    labels = {"org.gpuhub.user": name, "org.gpuhub.server": ""}
-    mounts = [hs.home_mount(volume, "/var/tmp")] if volume else []
-    spec = ContainerSpec(PYTHON_IMAGE, command=["sh", "-c", command], env=env, mounts=mounts,
-                         **{**hs.container_spec("1000:100", labels)})
-    task = TaskTemplate(spec, placement=Placement(**hs.placement(hs.server_node(list(gpus), home_node))),
-                        networks=[network] if network else [], **hs.task_spec())
-    return swarm_.manager.client.api.create_service(
-        task, name=f"{PREFIX}-{name}", labels=labels, endpoint_spec=EndpointSpec(**hs.endpoint_spec()))
-
+# -- GpuhubSwarmSpawner itself against the real swarm. No hub process: the spawners get a
+# -- stand-in user and JupyterHub's Hub object, run a shell command instead of Jupyter
+# -- (ready_poll_interval=0: nothing answers HTTP), and talk to the manager's engine directly,
+# -- not through the guard (its swarm rows are tests/test_guard_swarm.py).
 
 PREFIX = f"gpuhub-sw{RUN_ID}"
-
-
-def task_of(swarm_, name):
-    import docker
-    try:
-        tasks = swarm_.manager.client.api.tasks(filters={"service": f"{PREFIX}-{name}"})
-    except docker.errors.NotFound:
-        return None
-    return max(tasks, key=lambda t: t["CreatedAt"]) if tasks else None
-
-
-def running_task(swarm_, name):
-    task = task_of(swarm_, name)
-    if task and task["Status"]["State"] in ("failed", "rejected"):
-        raise AssertionError(f"{name}: {task['Status']}")
-    return task if task and task["Status"]["State"] == "running" else None
-
-
-def remove_service(swarm_, name):
-    try:
-        swarm_.manager.client.api.remove_service(f"{PREFIX}-{name}")
-    except Exception:
-        pass
+CATALOG = """courses:
+  - slug: dl
+    display_name: Deep learning
+    image: gpuhub-standin/python:bookworm
+    gpus: 1
+  - slug: cpu
+    display_name: Python, no GPU
+    image: gpuhub-standin/python:bookworm
+"""
 
 
 @pytest.fixture(scope="module")
-def hub_side(swarm, tmp_path_factory):
-    """What the hub holds: the inventory read from the nodes, the allocator's database."""
-    from hub import gpus, swarm as hs
+def hub_side(swarm, tmp_path_factory, docker_client):
+    """What the hub holds: the inventory read from the nodes, the allocator's database, the
+    catalog, and the overlay (created as docs/scale-out.md says)."""
+    from hub import courses, gpus, swarm as hs
     from hub.gpu_store import GpuAllocator
-    inventory = hs.node_gpus(swarm.manager.client.api.nodes())
-    db = tmp_path_factory.mktemp("hubdb") / "gpus.sqlite"
-    return GpuAllocator(f"sqlite:///{db}", inventory, gpus.Policy())
+    api = swarm.manager.client.api
+    api.create_network("gpuhub-swarm", driver="overlay", attachable=True)
+    work = tmp_path_factory.mktemp("hub")
+    (work / "catalog.yaml").write_text(CATALOG)
+    allocator = GpuAllocator(f"sqlite:///{work / 'gpus.sqlite'}",
+                             hs.node_gpus(api.nodes()), gpus.Policy())
+    return types.SimpleNamespace(allocator=allocator, catalog=courses.load_catalog(work / "catalog.yaml"))
 
 
-def node_ids(swarm_):
-    return {n.hostname: n.node_id() for n in swarm_.nodes}
+def make_spawner(swarm_, hub_side, student, command, course="dl", homes="pinned"):
+    """Pinned homes: a volume per student, kept on its node. "shared" stands for homes on
+    NFS (no NFS server here): no home volume, servers on any node."""
+    from jupyterhub.objects import Hub
+
+    from hub.spawner import GpuhubSwarmSpawner
+    user = types.SimpleNamespace(name=student, escaped_name=student, url=f"/user/{student}/",
+                                 groups=[], id=1)
+    spawner = GpuhubSwarmSpawner(
+        user=user, hub=Hub(), orm_spawner=None, catalog=hub_side.catalog,
+        gpu_allocator=hub_side.allocator, ready_poll_interval=0, network_name="gpuhub-swarm",
+        prefix=PREFIX, use_internal_ip=True, cmd=["sh", "-c", command],
+        notebook_dir="/var/tmp", homes=homes,
+        volumes={f"{PREFIX}-user-{{username}}": "/var/tmp"} if homes == "pinned" else {},
+        client_kwargs={"base_url": swarm_.manager.url}, user_options={"course": course})
+    spawner.api_token = "not-used"
+    return spawner
 
 
-def test_twelve_students_racing_for_two_plus_two_gpus_get_four_each_on_its_gpus_node(swarm, hub_side):
-    import threading
+async def spawn(spawner):
+    """What JupyterHub does: the pre-spawn hook (the GPU), then start()."""
+    await spawner.run_pre_spawn_hook()
+    return await spawner.start()
 
-    from hub import gpus, swarm as hs
-    ids = node_ids(swarm)
-    assert sorted((g.node, g.uuid) for g in hub_side.inventory) == sorted(
+
+async def wait_running(spawner, timeout=120):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        task = await spawner.get_task()
+        if task and task["Status"]["State"] == "running":
+            return task
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{spawner.user.name}'s task is not running after {timeout}s")
+
+
+def container_env(swarm_, task):
+    node = {n.node_id(): n for n in swarm_.nodes}[task["NodeID"]]
+    container = node.client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+    return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+
+
+SPAWNERS = {}  # student -> spawner, shared by the tests below (they run in order)
+
+
+async def test_twelve_students_racing_for_two_plus_two_gpus_get_four_each_on_its_gpus_node(
+        swarm, hub_side):
+    from tornado import web
+    ids = {n.hostname: n.node_id() for n in swarm.nodes}
+    assert sorted((g.node, g.uuid) for g in hub_side.allocator.inventory) == sorted(
         (ids[swarm.nodes[i].hostname], uuid) for i, uuids in GPUS.items() for uuid in uuids)
-    ready = hs.ready_nodes(swarm.manager.client.api.nodes())
-    won, barrier = {}, threading.Barrier(12)
-
-    def spawn(n):
-        barrier.wait()
-        try:
-            won[f"s{n}"] = hub_side.allocate(f"s{n}", "", 1, nodes=ready)
-        except gpus.NoGpuAvailable:
-            pass
-    threads = [threading.Thread(target=spawn, args=(n,)) for n in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(won) == 4
-    assert len({g[0].uuid for g in won.values()}) == 4  # none twice
-    for student, held in won.items():
-        build_service(swarm, student, "env; sleep 3600", gpus=held)
-    by_id = {n.node_id(): n for n in swarm.nodes}
-    for student, held in won.items():
-        task = wait_for(lambda: running_task(swarm, student), 120, f"{student}'s server running")
-        assert task["NodeID"] == held[0].node, student  # on the node of its GPU
+    spawners = [make_spawner(swarm, hub_side, f"s{n}", "sleep 3600", homes="shared")
+                for n in range(12)]
+    results = await asyncio.gather(*(spawn(s) for s in spawners), return_exceptions=True)
+    started = [s for s, r in zip(spawners, results) if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(started) == 4, results
+    assert all(isinstance(r, web.HTTPError) and r.status_code == 503 for r in refused), refused
+    assert len({s.gpus[0].uuid for s in started}) == 4  # none twice
+    for spawner in started:
+        task = await wait_running(spawner)
+        assert task["NodeID"] == spawner.gpus[0].node, spawner.user.name  # its GPU's node
         # ... where its container sees exactly that GPU
-        container = by_id[task["NodeID"]].client.containers.get(
-            task["Status"]["ContainerStatus"]["ContainerID"])
-        env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
-        assert env["NVIDIA_VISIBLE_DEVICES"] == held[0].uuid, student
+        assert container_env(swarm, task)["NVIDIA_VISIBLE_DEVICES"] == spawner.gpus[0].uuid
+        SPAWNERS[spawner.user.name] = spawner
 
 
-def test_a_students_files_survive_a_stop_and_a_start_in_pinned_home_mode(swarm):
-    from hub import swarm as hs
-    student, volume = "pinned-ann", f"{PREFIX}-user-pinned-ann"
-    build_service(swarm, student, "echo 'my thesis' > /var/tmp/notes.txt && sleep 3600",
-                  volume=volume)
-    first = wait_for(lambda: running_task(swarm, student), 120, "the first server running")
-    home_node = hs.task_node(first)  # what GpuhubSwarmSpawner.start records
-    remove_service(swarm, student)  # the server stops; its volume stays on that node
-    wait_for(lambda: task_of(swarm, student) is None, 60, "the first server gone")
-    build_service(swarm, student, "cat /var/tmp/notes.txt && sleep 3600", volume=volume,
-                  home_node=home_node)
-    second = wait_for(lambda: running_task(swarm, student), 120, "the second server running")
-    assert second["NodeID"] == home_node
-    logs = lambda: swarm.manager.docker("service", "logs", "--raw", f"{PREFIX}-{student}",  # noqa: E731
+async def test_a_students_files_survive_a_stop_and_a_start_in_pinned_home_mode(swarm, hub_side):
+    # the CPU course: nothing but the home decides where the server goes
+    spawner = make_spawner(swarm, hub_side, "pinned-ann",
+                           "echo 'my thesis' > /var/tmp/notes.txt && sleep 3600", course="cpu")
+    await spawn(spawner)
+    first = await wait_running(spawner)
+    assert spawner.home_node == first["NodeID"]
+    await spawner.stop()  # the service goes, the volume stays on that node
+    spawner.clear_state()  # what JupyterHub does after a stop, before it saves the state
+    state = spawner.get_state()
+    assert state["home_node"] == first["NodeID"]
+    # a new spawner from the saved state, as after a hub restart
+    again = make_spawner(swarm, hub_side, "pinned-ann", "cat /var/tmp/notes.txt && sleep 3600",
+                         course="cpu")
+    again.load_state(state)
+    await spawn(again)
+    second = await wait_running(again)
+    assert second["NodeID"] == first["NodeID"]
+    logs = lambda: swarm.manager.docker("service", "logs", "--raw", again.service_name,  # noqa: E731
                                         check=False).stdout
     wait_for(lambda: "my thesis" in logs(), 60, "the second server to read the first's file")
-    remove_service(swarm, student)
+    await again.stop()
 
 
-def test_stopping_a_worker_frees_its_gpus_and_its_students_start_again_elsewhere(swarm, hub_side):
-    """Runs last: it stops worker 2's daemon. Its students' servers are reported gone (what
-    GpuhubSwarmSpawner.poll says), the hub stops them (GPUs released), and they start again
-    on worker 1, whose students stopped meanwhile."""
+async def test_stopping_a_worker_frees_its_gpus_and_its_students_start_again_elsewhere(
+        swarm, hub_side):
+    """Runs last: it stops worker 2's daemon. poll() reports its students' servers gone,
+    JupyterHub then stops them (GPUs released), and they start again on worker 1, whose
+    students stopped meanwhile."""
     from hub import swarm as hs
-    ids = node_ids(swarm)
+    ids = {n.hostname: n.node_id() for n in swarm.nodes}
     w1, w2 = (ids[w.hostname] for w in swarm.workers)
-    holders = {a.user: a for a in hub_side.holdings()}
-    on_w1 = [u for u, a in holders.items() if hub_side.held_by(u, "")[0].node == w1]
-    on_w2 = [u for u, a in holders.items() if hub_side.held_by(u, "")[0].node == w2]
-    assert len(on_w1) == len(on_w2) == 2, holders  # from the race above
-    for student in on_w1:  # worker 1's students go home
-        remove_service(swarm, student)
-        hub_side.release(student, "")
+    on_w1 = [s for s in SPAWNERS.values() if s.gpus[0].node == w1]
+    on_w2 = [s for s in SPAWNERS.values() if s.gpus[0].node == w2]
+    assert len(on_w1) == len(on_w2) == 2, SPAWNERS  # from the race above
+    for spawner in on_w1:  # worker 1's students go home
+        await spawner.stop()
     swarm.workers[1].stop()
-    nodes = lambda: swarm.manager.client.api.nodes()  # noqa: E731
-    wait_for(lambda: w2 not in hs.ready_nodes(nodes()), 120, "the manager to see worker 2 down")
-    for student in on_w2:
-        reason = hs.gone_reason(task_of(swarm, student), nodes())
-        assert reason == f"node {w2} is down", student
-        remove_service(swarm, student)  # the hub's stop: service removed, GPUs released
-        assert hub_side.release(student, "")
-    ready = hs.ready_nodes(nodes())
-    for student in on_w2:
-        held = hub_side.allocate(student, "", 1, nodes=ready)
-        assert held[0].node == w1
-        wait_for(lambda: task_of(swarm, student) is None, 60, f"{student}'s old service gone")
-        build_service(swarm, student, "sleep 3600", gpus=held)
-    for student in on_w2:
-        task = wait_for(lambda: running_task(swarm, student), 120, f"{student} running again")
-        assert task["NodeID"] == w1
-    assert {g.uuid for s in on_w2 for g in hub_side.held_by(s, "")} == set(GPUS[1])
+    api = swarm.manager.client.api
+    wait_for(lambda: w2 not in hs.ready_nodes(api.nodes()), 120, "the manager to see worker 2 down")
+    for spawner in on_w2:
+        assert await spawner.poll() == f"node {w2} is down", spawner.user.name
+        await spawner.stop()  # what JupyterHub does with a server whose poll says it ended
+        assert not hub_side.allocator.held_by(spawner.user.name, "")
+    for spawner in on_w2:
+        spawner.clear_state()
+        await spawn(spawner)
+        task = await wait_running(spawner)
+        assert task["NodeID"] == w1 == spawner.gpus[0].node, spawner.user.name
+    assert {s.gpus[0].uuid for s in on_w2} == set(GPUS[1])
