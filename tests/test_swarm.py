@@ -186,3 +186,42 @@ def test_a_server_on_a_node_that_is_down_is_gone():
     assert swarm.gone_reason({"NodeID": "ida"}, nodes) is None
     assert swarm.gone_reason({"NodeID": "idb"}, nodes) == "node idb is down"
     assert swarm.gone_reason({}, nodes) is None  # not placed yet
+
+
+def swarm_spawner(homes="pinned"):
+    import types
+
+    from jupyterhub.objects import Hub
+
+    from hub.spawner import GpuhubSwarmSpawner
+    user = types.SimpleNamespace(name="ann", escaped_name="ann", url="/user/ann/", groups=[], id=1)
+    spawner = GpuhubSwarmSpawner(user=user, hub=Hub(), orm_spawner=None, homes=homes)
+
+    async def nodes():
+        return [node("ida", "worker1"), node("idb", "worker2", state="down")]
+    spawner._nodes = nodes
+    return spawner
+
+
+async def test_a_pinned_home_on_a_node_that_is_down_refuses_with_a_clear_message():
+    from tornado import web
+    spawner = swarm_spawner()
+    assert await spawner._gpu_nodes() == {"ida"}  # no home yet: any node that is up
+    spawner.home_node = "idb"
+    with pytest.raises(web.HTTPError) as e:
+        await spawner._gpu_nodes()
+    assert e.value.status_code == 503 and "down" in e.value.log_message
+    spawner.home_node = "ida"
+    assert await spawner._gpu_nodes() == {"ida"}
+
+
+async def test_the_home_node_outlives_a_stop_and_is_saved():
+    spawner = swarm_spawner()
+    spawner.home_node = "ida"
+    spawner.clear_state()
+    assert spawner.get_state()["home_node"] == "ida"
+    other = swarm_spawner()
+    other.load_state({"home_node": "ida"})
+    assert other.home_node == "ida"
+    shared = swarm_spawner("shared")
+    assert await shared._gpu_nodes() == {"ida"}
