@@ -65,6 +65,13 @@ def free_link_subnet():
     raise RuntimeError(f"no /24 of {LINK_POOL} is free of the host's routes")
 
 
+def unmount(wanted):
+    """Lazily unmount every mount point for which wanted(path) holds, deepest first."""
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted(filter(wanted, points), key=len, reverse=True):
+        run("umount", "-l", point, check=False)
+
+
 class Node:
     def __init__(self, swarm, index, role, generic_resources=()):
         self.swarm = swarm
@@ -76,6 +83,8 @@ class Node:
         self.sock = f"/run/gpuhub-swarm-{swarm.tag}-{index}.sock"
         # short: containerd's socket lives in it, and a socket path has at most 107 bytes
         self.exec_root = Path(f"/run/gpuhub-swarm-{swarm.tag}-{index}")
+        # outside the run's data root: a later run finds the daemon of one that was killed
+        self.pidfile = Path(f"/run/gpuhub-swarm-{swarm.tag}-{index}.pid")
         self.url = f"unix://{self.sock}"
         self.generic_resources = list(generic_resources)
         self.proc = None
@@ -115,7 +124,7 @@ class Node:
             "hosts": [self.url],
             "data-root": str(self.root / "data"),
             "exec-root": str(self.exec_root),
-            "pidfile": str(self.root / "dockerd.pid"),
+            "pidfile": str(self.pidfile),
             "storage-driver": "overlay2",
             # node-generic-resources: the GPUs this node advertises to the swarm
             "node-generic-resources": self.generic_resources,
@@ -178,7 +187,23 @@ class Swarm:
     def workers(self):
         return self.nodes[1:]
 
+    def clear_stale(self):
+        """What a run of this tag that was killed (no teardown) left: its daemons (by their
+        pid files, if they still are dockerd), namespaces, sockets and exec roots."""
+        for node in self.nodes:
+            try:
+                pid = int(node.pidfile.read_text())
+                if b"dockerd" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        # the killed run's data roots (elsewhere under /tmp) stay mounted: unmount them
+        names = [f"/{node.name}/data" for node in self.nodes]
+        unmount(lambda m: any(n in m for n in names))
+        self.down()
+
     def up(self):
+        self.clear_stale()
         self.subnet = free_link_subnet()
         run("ip", "netns", "add", self.switch)
         sw = ["ip", "netns", "exec", self.switch]
@@ -226,15 +251,13 @@ class Swarm:
                 except (ProcessLookupError, ValueError):
                     pass
             run("ip", "netns", "delete", node.name, check=False)
-            if Path(node.sock).exists():
-                Path(node.sock).unlink()
-            run("umount", "-R", "-l", str(node.exec_root), check=False)
+            for path in (Path(node.sock), node.pidfile):
+                if path.exists():
+                    path.unlink()
+            unmount(lambda m: m.startswith(f"{node.exec_root}/"))  # a killed daemon's netns
             run("rm", "-rf", "--one-file-system", str(node.exec_root), check=False)
         run("ip", "netns", "delete", self.switch, check=False)
-        # overlay2 mounts of the nodes' containers would keep rmtree from finishing
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(str(self.root))]
-        for mount in sorted(mounts, key=len, reverse=True):
-            run("umount", "-l", mount, check=False)
+        # overlay2 mounts of the nodes' containers would keep rm from finishing
+        unmount(lambda m: m.startswith(f"{self.root}/"))
         run("rm", "-rf", "--one-file-system", str(self.root), check=False, timeout=300)
         print(f"swarm: torn down in {time.monotonic() - t0:.0f}s")
