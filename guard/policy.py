@@ -32,6 +32,9 @@ class Policy:
     project: str = ""  # the guard's own compose project, whose hub and proxy join networks
     proxy_services: tuple = ("proxy",)
     max_body: int = MAX_BODY
+    deploy_mode: str = "single"  # "swarm": the service rows are open (guard/service.py)
+    swarm_network: str = "gpuhub-swarm"
+    swarm_nfs: str = ""
 
     @property
     def joining_services(self):
@@ -46,6 +49,9 @@ FROM_SETTINGS = {
     "GPUHUB_USER_NETWORK": "user_network",
     "GPUHUB_GUARD_BIND_PATHS": "bind_paths",
     "GPUHUB_PROXY_SERVICES": "proxy_services",
+    "GPUHUB_MODE": "deploy_mode",
+    "GPUHUB_SWARM_NETWORK": "swarm_network",
+    "GPUHUB_SWARM_NFS": "swarm_nfs",
 }
 
 

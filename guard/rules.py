@@ -21,6 +21,12 @@ Who calls what (DockerSpawner 14 and hub/*.py):
   GET/PUT /containers/{id}/archive  the admin CLI's backup and restore (hub/volumes.py),
                                 into its helper containers only: never started, so no
                                 running server's files are read or changed this way.
+With GPUHUB_MODE=swarm only (DockerSpawner's SwarmSpawner, hub.startup, guard/service.py):
+  POST /services/create         SwarmSpawner.create_object
+  GET /services, /services/{id} hub.startup.running_servers, SwarmSpawner.get_object
+  DELETE /services/{id}         SwarmSpawner.remove_object
+  GET /tasks                    SwarmSpawner.get_task (poll, start_object)
+  GET /nodes                    hub.startup (GPU inventory), GpuhubSwarmSpawner (nodes up)
 Not allowed although DockerSpawner has them: exec (post_start_cmd, unset in gpuhub) and
 archive uploads into running containers (internal_ssl's move_certs, off in gpuhub).
 """
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 
 from .body import Refusal, get, parse, truthy
 from .create import check_create, check_name, is_gpuhub_network
+from .service import check_service_create, is_user_service, is_user_task
 from .policy import (COMPOSE_PROJECT, COMPOSE_SERVICE, MIN_API_VERSION, SERVER_LABEL,
                      USER_LABEL)
 
@@ -286,6 +293,48 @@ async def list_networks(match, request, policy, lookup):
     return None, _keep(ours)
 
 
+# -- swarm mode (GPUHUB_MODE=swarm): user servers as services --
+
+def _swarm_mode(request, policy):
+    if policy.deploy_mode != "swarm":
+        raise Refusal("no-swarm", f"swarm is not allowed ({request.method} {request.path}; "
+                                  "GPUHUB_MODE is single)")
+
+
+async def service_create(match, request, policy, lookup):
+    _swarm_mode(request, policy)
+    check_service_create(parse(request.body, policy.max_body), policy)
+    return None, None
+
+
+async def list_services(match, request, policy, lookup):
+    _swarm_mode(request, policy)
+    return None, _keep(lambda item: is_user_service(item, policy))
+
+
+async def on_user_service(match, request, policy, lookup):
+    _swarm_mode(request, policy)
+    _no_body(request)
+    service = await lookup.service(match["id"])
+    if service is None:
+        raise Refusal("no-such-service", f"service {match['id']} not found", 404)
+    if not is_user_service(service, policy):
+        raise Refusal("gpuhub-services-only", f"the service {match['id']!r} is not a gpuhub "
+                                              "user server")
+    start, end = match.span("id")
+    return match.string[:start] + service["ID"] + match.string[end:], None
+
+
+async def list_tasks(match, request, policy, lookup):
+    _swarm_mode(request, policy)
+    return None, _keep(lambda item: is_user_task(item, policy))
+
+
+async def list_nodes(match, request, policy, lookup):
+    _swarm_mode(request, policy)
+    return None, None
+
+
 CONTAINER = f"/containers/{ID}"
 LIST = ("all", "limit", "size", "filters", "since", "before", "trunc_cmd")
 LOGS = ("follow", "stdout", "stderr", "since", "until", "timestamps", "tail")
@@ -318,6 +367,12 @@ ALLOWED = (
     Row("network-remove", ("DELETE",), f"/networks/{ID}", (), on_network),
     Row("network-connect", ("POST",), f"/networks/{ID}/connect", (), network_attach),
     Row("network-disconnect", ("POST",), f"/networks/{ID}/disconnect", (), network_attach),
+    Row("service-create", ("POST",), r"/services/create", (), service_create),
+    Row("services-list", ("GET",), r"/services", ("filters", "status"), list_services),
+    Row("service-inspect", ("GET",), f"/services/{ID}", ("insertDefaults",), on_user_service),
+    Row("service-remove", ("DELETE",), f"/services/{ID}", (), on_user_service),
+    Row("tasks-list", ("GET",), r"/tasks", ("filters",), list_tasks),
+    Row("nodes-list", ("GET",), r"/nodes", ("filters",), list_nodes),
 )
 
 # refused outright, with the reason in the rule's name (first match wins)

@@ -52,6 +52,9 @@ class Engine:
     async def volume(self, name):
         return await self._inspect(f"/volumes/{name}")
 
+    async def service(self, ref):
+        return await self._inspect(f"/services/{ref}")
+
 
 def refusal(r):
     return web.json_response({"message": r.message}, status=r.status)

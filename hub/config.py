@@ -97,6 +97,12 @@ def update_spawner(c, s, ready):
     c.GpuhubSpawner.gpu_queue = ready.queue
     # the spawner tells JupyterLab when the GPU session ends (GPUHUB_GPU_DEADLINE)
     c.GpuhubSpawner.cull_policy = culling.hub_policy(s, ready.catalog, ready.allocator)
+    if s.deploy_mode == "swarm":
+        # servers as Swarm services on any node; the same names, catalog and GPUs (hub/swarm.py)
+        c.JupyterHub.spawner_class = "hub.spawner.GpuhubSwarmSpawner"
+        c.SwarmSpawner.network_name = s.swarm_network
+        c.GpuhubSwarmSpawner.homes = s.swarm_homes
+        c.GpuhubSwarmSpawner.nfs_export = s.swarm_nfs
 
 
 def update_services(c, s, ready):

@@ -155,7 +155,7 @@ class GpuQueue:
                 for n, s in enumerate(statuses, 1)]
 
     # -- being served --
-    def try_take(self, user, server_name, wanted, groups=(), course=""):
+    def try_take(self, user, server_name, wanted, groups=(), course="", nodes=None):
         """(gpus, status): the server's GPUs if it is its turn and they are free (its place
         is then given up), else ([], its status). Refreshes the place's heartbeat."""
         self.heartbeat(user, server_name)
@@ -163,7 +163,8 @@ class GpuQueue:
         if status is None or status.state != gpu_queue.READY:
             return [], status
         try:
-            gpus = self.allocator.allocate(user, server_name, wanted, groups, course=course)
+            gpus = self.allocator.allocate(user, server_name, wanted, groups, course=course,
+                                           nodes=nodes)
         except (NoGpuAvailable, GroupCapReached):
             # someone ahead (a capped waiter whose group got room) was quicker: look again
             return [], status
@@ -182,7 +183,7 @@ class GpuQueue:
 
 
 async def wait_in_line(queue, user, server_name, wanted, groups=(), course="", on_status=None,
-                       before_take=None):
+                       before_take=None, nodes=None):
     """Wait in line until the server gets its GPUs; returns them. Raises
     gpu_queue.QueueTimeout after queue.timeout seconds. Cancelled (the spawn was
     stopped), it gives up its place, and GPUs a look in flight took. `on_status(status)`
@@ -209,7 +210,8 @@ async def wait_in_line(queue, user, server_name, wanted, groups=(), course="", o
             waker[1].clear()
             if before_take:
                 await call(before_take)
-            gpus, status = await call(queue.try_take, user, server_name, wanted, groups, course)
+            gpus, status = await call(queue.try_take, user, server_name, wanted, groups, course,
+                                      nodes)
             if gpus:
                 served = True
                 return gpus

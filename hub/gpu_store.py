@@ -173,10 +173,11 @@ class GpuAllocator:
                     raise
 
     # -- taking and giving back --
-    def allocate(self, user, server_name, count, groups=(), course=""):
+    def allocate(self, user, server_name, count, groups=(), course="", nodes=None):
         """Take `count` different GPUs for the server, all or nothing; returns them.
         Idempotent: a server that already holds GPUs gets those back, whatever `count`.
         `course` and `groups` are recorded in the usage history (GPU-hours).
+        `nodes`: on a swarm, the node IDs the GPUs may be on (None: any).
         Raises NoGpuAvailable or GroupCapReached (both GpuAllocationError)."""
         if count < 0:
             raise ValueError(f"count must be 0 or more, not {count}")
@@ -200,7 +201,10 @@ class GpuAllocator:
                     taken = {}
                     for r in rows:
                         taken.setdefault(r.gpu_uuid, set()).add(r.slot)
-                    picks = choose_gpus(self.inventory, self.policy, taken, count)
+                    # on a swarm: only GPUs on the nodes the server may run on
+                    inventory = (self.inventory if nodes is None else
+                                 [g for g in self.inventory if g.node in set(nodes)])
+                    picks = choose_gpus(inventory, self.policy, taken, count)
                     _insert(conn, user, server_name, picks, group_picks, self.clock(),
                             course, groups)
                     holders = Counter(r.gpu_uuid for r in rows) + Counter(g.uuid for g, _ in picks)

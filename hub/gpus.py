@@ -89,6 +89,7 @@ class Gpu:
     uuid: str  # what Docker's device request names: a UUID, or an index as a string
     name: str = ""
     memory_mib: int | None = None
+    node: str = ""  # the swarm node that has it (its node ID); "" on a single host
 
 
 @dataclass(frozen=True)
@@ -258,13 +259,24 @@ def parse_group_caps(text, source="GPUHUB_GPU_GROUP_CAPS"):
 # -- the rules, on a snapshot of who holds what --
 def choose_gpus(inventory, policy, taken, count):
     """[(gpu, slot)] for `count` different GPUs: the least-loaded ones with a free slot,
-    lowest index first on a tie. `taken` maps a GPU's uuid to its slots in use."""
+    lowest index first on a tie. `taken` maps a GPU's uuid to its slots in use.
+
+    On a swarm (GPUs with a `node`) all of a server's GPUs are on one node, the one with
+    the most room: a task runs on one machine."""
     loads = [(len(taken.get(g.uuid, ())), g.index, g) for g in inventory]
     room = [entry for entry in loads if entry[0] < policy.slots]
+    full = len(loads) - len(room)
+    if any(g.node for g in inventory):
+        by_node = {}
+        for entry in room:
+            by_node.setdefault(entry[2].node, []).append(entry)
+        # the node with the most room that can take all `count`; its least-loaded GPUs
+        fits = sorted((entries for entries in by_node.values() if len(entries) >= count),
+                      key=lambda entries: (-len(entries), entries[0][2].node))
+        room = fits[0] if fits else room[:min(len(room), count - 1)]
     if len(room) < count:
         in_use = sum(1 for load, _, _ in loads if load)
-        raise NoGpuAvailable(len(inventory), in_use, count, len(loads) - len(room),
-                             policy.slots)
+        raise NoGpuAvailable(len(inventory), in_use, count, full, policy.slots)
     chosen = []
     for _load, _index, gpu in sorted(room, key=lambda entry: entry[:2])[:count]:
         # a free slot below the limit (after max_users shrank, high slots may be in use)

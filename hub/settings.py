@@ -448,6 +448,21 @@ SETTINGS = (
             "Seconds a spawn may wait in line for a GPU when none is free (first come, first "
             "served); 0: no line, refuse at once."),
     # -- wiring between containers: compose sets the URLs and mounts the paths; the
+    # -- more than one server: Docker Swarm mode (hub/swarm.py, docs/scale-out.md) --
+    Setting("GPUHUB_MODE", choice("single", "swarm"), "single",
+            "single: one Docker host (DockerSpawner); swarm: servers are Swarm services on "
+            "any node of the swarm the hub's engine manages (SwarmSpawner).",
+            attr="deploy_mode"),
+    Setting("GPUHUB_SWARM_NETWORK", docker_name, "gpuhub-swarm",
+            "With GPUHUB_MODE=swarm: the attachable overlay network of hub, proxy and "
+            "servers (docker network create --driver overlay --attachable gpuhub-swarm)."),
+    Setting("GPUHUB_SWARM_HOMES", choice("pinned", "shared"), "pinned",
+            "With GPUHUB_MODE=swarm: pinned: a student's volume stays on the node of their "
+            "first server, which later servers run on; shared: homes on NFS "
+            "(GPUHUB_SWARM_NFS), servers on any node."),
+    Setting("GPUHUB_SWARM_NFS", text, "",
+            "With GPUHUB_SWARM_HOMES=shared: the NFS export holding one directory per user, "
+            "as server:/path, e.g. 10.0.0.5:/export/gpuhub."),
     # defaults are what docker-compose.yml does, so change them only together with it --
     Setting("GPUHUB_HUB_CONNECT_URL", url, "http://hub:8081",
             "How user containers and the proxy reach the hub."),
@@ -527,6 +542,11 @@ def _derive(values, problems):
     if values.get("database_url") and not values.get("postgres_password", "-"):
         problems.append("GPUHUB_POSTGRES_PASSWORD is not set: GPUHUB_DB_URL names a PostgreSQL "
                         "database, which needs the password of its user")
+    if values.get("swarm_homes") == "shared" and values.get("deploy_mode") == "swarm":
+        host, _, path = values.get("swarm_nfs", "").partition(":")
+        if not host or not path.startswith("/"):
+            problems.append("GPUHUB_SWARM_NFS: with GPUHUB_SWARM_HOMES=shared, the NFS export "
+                            "as server:/path, e.g. 10.0.0.5:/export/gpuhub")
     parts = ("gpu_mode", "gpu_max_users", "gpu_group_caps")
     if all(part in values for part in parts):
         try:

@@ -12,12 +12,12 @@ import inspect
 import types
 
 import docker
-from dockerspawner import DockerSpawner
+from dockerspawner import DockerSpawner, SwarmSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any, Dict, Float, List, Unicode, default
 
-from . import culling, gpu_hours, imagerefs, names, networks, volumes
+from . import culling, gpu_hours, imagerefs, names, networks, swarm, volumes
 from .gpu_queue import QueueTimeout, waiting_message
 from .gpu_queue_store import Notice, wait_in_line
 from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
@@ -470,20 +470,26 @@ class GpuhubSpawner(DockerSpawner):
                                    course.display_name)
         try:
             await loop.run_in_executor(None, check_budget)
+            nodes = await self._gpu_nodes()
             if self.gpu_queue is None or self.gpu_queue.timeout <= 0:
                 self.gpus = await loop.run_in_executor(None, lambda: self.gpu_allocator.allocate(
-                    user, server, wanted, groups, course=course.slug))
+                    user, server, wanted, groups, course=course.slug, nodes=nodes))
             else:
                 self.gpus = await wait_in_line(
                     self.gpu_queue, user, server, wanted, groups, course.slug,
                     on_status=lambda status: self._gpu_notice.set(
                         self._waiting_event(status, course)),
-                    before_take=check_budget)
+                    before_take=check_budget, nodes=nodes)
         except gpu_hours.BudgetExceeded as e:
             raise web.HTTPError(403, f"{e}{hint}") from None
         except (NoGpuAvailable, GroupCapReached, QueueTimeout, GpuAllocationError) as e:
             raise web.HTTPError(503, f"{e}{hint}") from None
         self.log.info("Allocated %s to %s", ", ".join(g.uuid for g in self.gpus), self._log_name)
+
+    async def _gpu_nodes(self):
+        """The nodes this server's GPUs may be on: None (one host) here; the swarm
+        spawner narrows it to the nodes that are up, or to the one with the home."""
+        return None
 
     def _waiting_event(self, status, course):
         """The spawn-pending page's event while waiting: the place, an estimate, the way out."""
@@ -606,3 +612,93 @@ def render_options_form(spawner):
         cpu = ('<div class="checkbox"><label><input type="checkbox" name="cpu_only"> '
                "Start without a GPU (CPU only), for courses that allow it</label></div>")
     return f'<div class="list-group">{"".join(rows)}</div>{cpu}'
+
+
+class GpuhubSwarmSpawner(GpuhubSpawner, SwarmSpawner):
+    """GPUHUB_MODE=swarm: every server a Swarm service (DockerSpawner's SwarmSpawner) with
+    gpuhub's names, catalog and GPUs. What differs from one host (hub/swarm.py): the task is
+    placed on its GPU's node (or its home's), sees that GPU through NVIDIA_VISIBLE_DEVICES,
+    and joins the one attachable overlay instead of a network of its own."""
+
+    homes = Unicode("pinned", config=True, help="""
+        "pinned": the home volume stays on the node of the first server, later servers run
+        there; "shared": homes on NFS (nfs_export), servers on any node. Example: "pinned"
+        """)
+    nfs_export = Unicode("", config=True, help="""
+        With homes="shared": server:/path of the export with one directory per user,
+        e.g. "10.0.0.5:/export/gpuhub".
+        """)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.home_node = ""  # pinned homes: the node holding the volume (kept in the state)
+        self._peers_checked = True  # no per-server networks to check (GpuhubSpawner.poll)
+
+    @default("extra_endpoint_spec")
+    def _default_extra_endpoint_spec(self):
+        return swarm.endpoint_spec()
+
+    # -- no network of its own: the overlay is the network (docs/security.md says what
+    # -- that costs)
+    async def _join_network(self):
+        pass
+
+    def _leave_network(self, api):
+        pass
+
+    async def _nodes(self):
+        return await self.docker("nodes")
+
+    async def _gpu_nodes(self):
+        ready = swarm.ready_nodes(await self._nodes())
+        if self.homes == "pinned" and self.home_node:
+            if self.home_node not in ready:
+                raise web.HTTPError(503, "Your files are on a server of the lab that is down "
+                                         "right now; try again when it is back, or ask an admin.")
+            return {self.home_node}
+        return ready
+
+    @property
+    def mounts(self):
+        return [swarm.home_mount(source, vol["bind"], self.homes, self.nfs_export,
+                                 self.escaped_name)
+                for source, vol in self.volume_binds.items()]
+
+    async def create_object(self):
+        # SwarmSpawner builds the service from these traits (it does not evaluate callables)
+        node = swarm.server_node(self.gpus, self.home_node if self.homes == "pinned" else "")
+        self.extra_placement_spec = swarm.placement(node)
+        self.extra_container_spec = swarm.container_spec(
+            self.container_user, create_kwargs(self)["labels"])
+        self.extra_task_spec = swarm.task_spec()
+        self.extra_create_kwargs = {"labels": create_kwargs(self)["labels"]}
+        return await super().create_object()
+
+    async def start(self):
+        result = await super().start()
+        if self.homes == "pinned" and not self.home_node:
+            self.home_node = swarm.task_node(await self.get_task())
+            self.log.info("%s: home pinned to node %s", self._log_name, self.home_node)
+        return result
+
+    async def poll(self):
+        status = await super().poll()
+        if status is None:
+            # the hub then stops the server: its service goes and its GPUs are freed
+            return swarm.gone_reason(await self.get_task(), await self._nodes())
+        return status
+
+    def clear_state(self):
+        home = self.home_node
+        super().clear_state()
+        self.home_node = home  # the volume stays where it is when the server stops
+
+    def get_state(self):
+        state = super().get_state()
+        if self.home_node:
+            state["home_node"] = self.home_node
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.home_node = state.get("home_node", self.home_node)

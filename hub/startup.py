@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import docker
 from sqlalchemy import create_engine, inspect, select
 
-from . import auth, courses, database, gpu_queue_store, gpus, origins, state_dirs, tls
+from . import auth, courses, database, gpu_queue_store, gpus, origins, state_dirs, swarm, tls
 from .gpu_store import GpuAllocator
 from .secretfiles import read_or_create_secret
 from .settings import SettingsError
@@ -74,12 +74,23 @@ def known_groups(configured, db_url):
     return frozenset(names)
 
 
-def running_servers(prefix):
-    """(user, server) of every user container of this hub that really runs."""
+def running_servers(prefix, deploy_mode="single"):
+    """(user, server) of every user container of this hub that really runs (on a swarm:
+    every user service, whose task the spawner's poll checks once the hub runs)."""
     client = docker.from_env()
+    if deploy_mode == "swarm":
+        return {(sv.attrs["Spec"]["Labels"]["org.gpuhub.user"],
+                 sv.attrs["Spec"]["Labels"].get("org.gpuhub.server", ""))
+                for sv in client.services.list(filters={"label": "org.gpuhub.user"})
+                if sv.name.startswith(f"{prefix}-")}
     return {(c.labels["org.gpuhub.user"], c.labels.get("org.gpuhub.server", ""))
             for c in client.containers.list(filters={"label": "org.gpuhub.user"})
             if c.name.startswith(f"{prefix}-")}
+
+
+def swarm_nodes():
+    """The swarm's nodes as the hub's engine (a manager) lists them."""
+    return docker.from_env().api.nodes()
 
 
 # -- the steps, in order; each reads `settings` and fills in `ready` --
@@ -142,7 +153,18 @@ def _step_groups(s, ready, log):
 def _step_gpus(s, ready, log):
     problems = [f"GPUHUB_GPU_GROUP_CAPS: group {group!r} does not exist (add it to GPUHUB_GROUPS)"
                 for group in s.gpu_policy.group_caps if group not in ready.groups]
-    ready.inventory = tuple(gpus.inventory(s.gpus, log=log))
+    if s.deploy_mode == "swarm":
+        # the GPUs each node advertises (node-generic-resources), not NVML: the hub's own
+        # machine is one node of several (hub/swarm.py)
+        try:
+            ready.inventory = tuple(swarm.node_gpus(swarm_nodes()))
+        except gpus.GpuConfigError as e:
+            raise SettingsError([str(e)]) from None
+        except docker.errors.DockerException as e:
+            raise SettingsError([f"GPUHUB_MODE=swarm, but the hub's Docker engine does not list "
+                                 f"the swarm's nodes (is it a swarm manager?): {e}"]) from None
+    else:
+        ready.inventory = tuple(gpus.inventory(s.gpus, log=log))
     gpu_courses = [c.slug for c in ready.catalog.courses if c.gpus] if ready.catalog else []
     if gpu_courses and not ready.inventory:
         problems.append(f"courses {', '.join(gpu_courses)} want GPUs, but there are none: list "
@@ -150,7 +172,7 @@ def _step_gpus(s, ready, log):
     if problems:
         raise SettingsError(problems)
     listed = {g.uuid.lower() for g in s.gpus}
-    if any(g.uuid.lower() not in listed for g in ready.inventory):
+    if s.deploy_mode == "single" and any(g.uuid.lower() not in listed for g in ready.inventory):
         log.warning("GPUs found through NVML: list them in GPUHUB_GPUS too, the Docker API "
                     "guard allows only GPUs listed there (guard/README.md)")
     for gpu in ready.inventory:
@@ -165,7 +187,7 @@ def _step_allocations(s, ready, log):
         return
     policy = s.gpu_policy
     ready.allocator = GpuAllocator(s.db_url, ready.inventory, policy)
-    for stale in ready.allocator.reconcile(running_servers(s.container_prefix)):
+    for stale in ready.allocator.reconcile(running_servers(s.container_prefix, s.deploy_mode)):
         log.warning("GPU %s released from %s/%s: its server is not running",
                     stale.gpu_uuid, stale.user, stale.server_name)
     log.info("GPUs: %s, policy %s (max %s per GPU), %s held", len(ready.inventory),
@@ -187,8 +209,9 @@ STEPS = (
     (_step_catalog, ("catalog",), False),
     (_step_database, ("state_dir", "database_url"), False),
     (_step_groups, ("groups", "state_dir", "database_url", "catalog"), False),
-    (_step_gpus, ("gpus", "gpu_policy"), False),
-    (_step_allocations, ("state_dir", "database_url", "container_prefix", "gpu_policy", "gpu_queue_timeout"), True),
+    (_step_gpus, ("gpus", "gpu_policy", "deploy_mode"), False),
+    (_step_allocations, ("state_dir", "database_url", "container_prefix", "gpu_policy",
+                         "gpu_queue_timeout", "deploy_mode"), True),
 )
 
 
