@@ -205,13 +205,18 @@ def server_networks(api, prefix):
             if n["Name"].startswith(f"{prefix}-")}
 
 
-def reconcile(api, prefix, peers, unwanted=()):
-    """Every peer on every server network, and none of `unwanted` (e.g. the egress proxy
-    when GPUHUB_USER_EGRESS=deny): a proxy recreated by `docker compose up` comes back
-    without its attachments, a hub restarted from a new image too.
-    Returns [(action, container, network)]."""
+def reconcile(api, prefix, peers, unwanted=(), skip=()):
+    """Every peer on every server network but those in `skip` (being removed), and none
+    of `unwanted` (e.g. the egress proxy when GPUHUB_USER_EGRESS=deny): a proxy recreated
+    by `docker compose up` comes back without its attachments, a hub restarted from a new
+    image too. A network removed meanwhile is skipped. Returns [(action, container, network)]."""
     changes = []
-    for network in sorted(server_networks(api, prefix)):
-        changes += [("connected", name, network) for name in attach(api, network, peers)]
-        changes += [("disconnected", name, network) for name in detach(api, network, unwanted)]
+    for network in sorted(server_networks(api, prefix) - set(skip)):
+        try:
+            changes += [("connected", name, network) for name in attach(api, network, peers)]
+            changes += [("disconnected", name, network)
+                        for name in detach(api, network, unwanted)]
+        except NetworkError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
     return changes
