@@ -31,7 +31,9 @@ from docker.types import IPAMConfig, IPAMPool
 NETWORK_LABEL = "org.gpuhub.server-network"
 INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
 PREFIXLEN = 28  # 16 addresses: network, gateway (reserved, unused), broadcast, 13 members
-CREATE_ATTEMPTS = 20
+# Docker refuses a subnet that overlaps any network, also those the guard hides from the
+# hub (another deployment's on the same engine): each refusal moves the window on by one
+CREATE_ATTEMPTS = 64
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 
