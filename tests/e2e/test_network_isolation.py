@@ -259,9 +259,10 @@ def test_a_recreated_proxy_finds_its_way_back_to_every_server(stack, two_student
     assert "connected" in logs and "(it had lost it)" in logs, logs[-3000:]
     assert "Checking the servers' networks failed" not in logs, logs[-3000:]
     a, b = two_students
-    for c in (a, b):
-        assert stack.container("proxy").name in {
-            m["Name"] for m in network_of(stack, c)["Containers"].values()}
+    for c in (a, b):  # one round of the watch may not have reached both yet
+        wait_for(lambda: stack.container("proxy").name in {
+            m["Name"] for m in network_of(stack, c)["Containers"].values()}, 60,
+            f"the recreated proxy on {network_name(c)}")
 
 
 def test_a_stopped_server_takes_its_network_with_it(stack):
