@@ -177,9 +177,10 @@ def test_student_a_reaches_neither_b_nor_the_host_nor_the_control_network(
         # the control network: Traefik's API, the hub there
         f"{stack.env['GPUHUB_PROXY_CONTROL_IP']}:8099", f"{stack.ip(hub, control)}:8081",
         # the proxy's API from A's network, and the hub and proxy on the users network
-        f"{stack.ip(proxy, a.name)}:8099", f"{stack.ip(hub)}:8081", f"{stack.ip(proxy)}:8080",
+        f"{stack.ip(proxy, network_name(a))}:8099", f"{stack.ip(hub)}:8081",
+        f"{stack.ip(proxy)}:8080",
     ]
-    allowed = ["hub:8081", "egress:3128", f"{stack.ip(proxy, a.name)}:8080"]
+    allowed = ["hub:8081", "egress:3128", f"{stack.ip(proxy, network_name(a))}:8080"]
     seen = probe(a, *attacks, *allowed)
     assert all(seen[t] == "open" for t in allowed), {t: seen[t] for t in allowed}
     opened = {t: seen[t] for t in attacks if seen[t] == "open"}
