@@ -50,7 +50,7 @@ class NetworkPool:
         self.size = size
         self._lock = threading.Lock()
         self._ready = collections.deque()  # made, checked, unclaimed
-        self._making = 0  # being made now (counted so that concurrent refills stay bounded)
+        self._making = set()  # being made now (counted so that concurrent refills stay bounded)
         # every name this hub holds: ready, being made, claimed by a server (pool or not),
         # being torn down; the sweep never touches these
         self._held = set()
@@ -59,10 +59,15 @@ class NetworkPool:
         with self._lock:
             return list(self._ready)
 
+    def unclaimed(self):
+        """Ready or being made: no server is on these yet."""
+        with self._lock:
+            return [*self._ready, *self._making]
+
     def wanted(self):
         """How many networks the pool lacks."""
         with self._lock:
-            return max(0, self.size - len(self._ready) - self._making)
+            return max(0, self.size - len(self._ready) - len(self._making))
 
     def hold(self, name):
         """A server network made outside the pool (named like its container): not swept."""
@@ -108,26 +113,23 @@ class NetworkPool:
         made = []
         while True:
             with self._lock:
-                if len(self._ready) + self._making >= self.size:
+                if len(self._ready) + len(self._making) >= self.size:
                     return made
-                self._making += 1
                 name = pool_network_name(self.prefix)
+                self._making.add(name)
                 self._held.add(name)
             try:
                 networks.ensure_network(api, name, self.subnets, "")
                 networks.attach(api, name, peers)
             except BaseException:
-                self._making_done()
+                with self._lock:
+                    self._making.discard(name)
                 self.teardown(api, name)
                 raise
             with self._lock:
-                self._making -= 1
+                self._making.discard(name)
                 self._ready.append(name)
             made.append(name)
-
-    def _making_done(self):
-        with self._lock:
-            self._making -= 1
 
     def teardown(self, api, name):
         """Remove a server's network once its server is gone (everybody disconnected)."""

@@ -491,9 +491,9 @@ class GpuhubSpawner(DockerSpawner):
     def _reconcile(self, api):
         peers, unwanted = self._peers(api)
         # networks being removed are left alone (a peer put back would keep them), and so
-        # are the pool's ready ones: a claim attaches what they lack (netpool.claim)
+        # are the pool's unclaimed ones: a claim attaches what they lack (netpool.claim)
         return networks.reconcile(api, self.prefix, peers, unwanted,
-                                  skip={*GpuhubSpawner._teardowns, *self._pool().ready()})
+                                  skip={*GpuhubSpawner._teardowns, *self._pool().unclaimed()})
 
     async def _network_watch_loop(self):
         while True:

@@ -138,6 +138,7 @@ def test_refills_at_once_never_grow_the_pool_past_its_size():
     made = in_threads(5, lambda: pool.refill(engine, peers(engine)))
     assert sum(len(m) for m in made) == 3
     assert len(pool.ready()) == 3 and len(engine.nets) == 3 and pool.wanted() == 0
+    assert sorted(pool.unclaimed()) == sorted(pool.ready())
     assert pool.refill(engine, peers(engine)) == []
     pool.claim(engine, peers(engine))
     assert pool.wanted() == 1
