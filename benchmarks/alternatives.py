@@ -370,16 +370,22 @@ def sweep_leftovers(client, log=print):
     projects named gpuhubbench*): a stale network with another subnet would make
     `compose up` fail. Only this benchmark's names are touched."""
     removed = []
+    # with GPUHUB_E2E_ID set, only this run id's names: another session's benchmark may be
+    # running on the same engine (gpuhubbench<id>, gpuhubbenchplain<id>)
+    ours = (f"{PROJECT}{RUN_ID}", f"{PROJECT}plain{RUN_ID}")
     for container in client.containers.list(all=True, filters={"name": PROJECT}):
-        if container.name.startswith(PROJECT):
+        if container.name.startswith(ours):
             container.remove(force=True)
             removed.append(container.name)
     for network in client.networks.list(names=[PROJECT]):
-        if network.name.startswith(PROJECT):
-            network.remove()
+        if network.name.startswith(ours):
+            try:
+                network.remove()
+            except docker.errors.NotFound:  # removed meanwhile
+                continue
             removed.append(network.name)
     for volume in client.volumes.list(filters={"name": PROJECT}):
-        if volume.name.startswith(PROJECT):
+        if volume.name.startswith(ours):
             volume.remove(force=True)
             removed.append(volume.name)
     if removed:

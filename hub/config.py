@@ -63,6 +63,7 @@ def update_spawner(c, s, ready):
     # every server gets a network of its own (hub/networks.py), named like its container
     c.DockerSpawner.use_internal_ip = True
     c.GpuhubSpawner.server_subnets = s.server_subnets
+    c.GpuhubSpawner.network_pool_size = s.network_pool
     c.GpuhubSpawner.user_egress = s.user_egress
     c.GpuhubSpawner.proxy_services = list(s.proxy_services)
     c.DockerSpawner.prefix = s.container_prefix

@@ -31,7 +31,9 @@ from docker.types import IPAMConfig, IPAMPool
 NETWORK_LABEL = "org.gpuhub.server-network"
 INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
 PREFIXLEN = 28  # 16 addresses: network, gateway (reserved, unused), broadcast, 13 members
-CREATE_ATTEMPTS = 20
+# Docker refuses a subnet that overlaps any network, also those the guard hides from the
+# hub (another deployment's on the same engine): each refusal moves the window on by one
+CREATE_ATTEMPTS = 64
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 
@@ -205,13 +207,18 @@ def server_networks(api, prefix):
             if n["Name"].startswith(f"{prefix}-")}
 
 
-def reconcile(api, prefix, peers, unwanted=()):
-    """Every peer on every server network, and none of `unwanted` (e.g. the egress proxy
-    when GPUHUB_USER_EGRESS=deny): a proxy recreated by `docker compose up` comes back
-    without its attachments, a hub restarted from a new image too.
-    Returns [(action, container, network)]."""
+def reconcile(api, prefix, peers, unwanted=(), skip=()):
+    """Every peer on every server network but those in `skip` (being removed), and none
+    of `unwanted` (e.g. the egress proxy when GPUHUB_USER_EGRESS=deny): a proxy recreated
+    by `docker compose up` comes back without its attachments, a hub restarted from a new
+    image too. A network removed meanwhile is skipped. Returns [(action, container, network)]."""
     changes = []
-    for network in sorted(server_networks(api, prefix)):
-        changes += [("connected", name, network) for name in attach(api, network, peers)]
-        changes += [("disconnected", name, network) for name in detach(api, network, unwanted)]
+    for network in sorted(server_networks(api, prefix) - set(skip)):
+        try:
+            changes += [("connected", name, network) for name in attach(api, network, peers)]
+            changes += [("disconnected", name, network)
+                        for name in detach(api, network, unwanted)]
+        except NetworkError as e:
+            if not isinstance(e.__cause__, docker.errors.NotFound):
+                raise
     return changes

@@ -373,6 +373,10 @@ SETTINGS = (
             "Docker network of the hub and the proxy (each user server has one of its own)."),
     Setting("GPUHUB_SERVER_SUBNETS", server_pool, "10.128.0.0/16",
             "Address pool of the user servers' own networks, a /28 each (4096 in a /16)."),
+    Setting("GPUHUB_NETWORK_POOL", non_negative, "10",
+            "Server networks made ahead of time, so that a spawn takes one instead of "
+            "waiting for it (each is used by one server once, then removed); 0: each "
+            "server's network is made at its spawn."),
     Setting("GPUHUB_USER_EGRESS", choice("proxy", "deny"), "proxy",
             "proxy: user servers reach the outside world through the egress proxy only "
             "(no private, loopback or link-local addresses); deny: not at all (exams)."),

@@ -10,14 +10,16 @@ import datetime
 import html
 import inspect
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 from dockerspawner import DockerSpawner, SwarmSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Any, Dict, Float, List, Unicode, default
+from docker.utils import kwargs_from_env
+from traitlets import Any, Dict, Float, Integer, List, Unicode, default
 
-from . import culling, gpu_hours, imagerefs, names, networks, swarm, volumes
+from . import culling, gpu_hours, imagerefs, names, netpool, networks, swarm, volumes
 from .gpu_queue import QueueTimeout, waiting_message
 from .gpu_queue_store import Notice, wait_in_line
 from .gpus import GpuAllocationError, GroupCapReached, NoGpuAvailable
@@ -189,7 +191,20 @@ class GpuhubSpawner(DockerSpawner):
         with du in a helper container). Example: c.GpuhubSpawner.home_quota = 10 * 2**30
         """)
 
+    network_pool_size = Integer(0, config=True, help="""
+        Server networks kept ready (hub/netpool.py), so that a spawn takes one instead of
+        making it; 0 makes each server's network at its spawn, e.g. 10.
+        """)
+
     _network_watch = None  # one watch per hub process (see _watch_networks)
+    # one pool per hub process, worked on by a thread and a Docker client of its own, so
+    # that making and removing networks never queues in front of DockerSpawner's calls
+    # (its executor has a single thread for all spawners)
+    _network_pool = None
+    _pool_executor = None
+    _pool_client = None
+    _teardowns = {}  # network name -> the future of its removal
+    _server_network = ""  # the network this server was created on (set at join)
 
     cull_policy = Any(None, config=True, help="""
         When servers stop (hub.culling.Policy); the spawner tells JupyterLab the GPU
@@ -201,6 +216,8 @@ class GpuhubSpawner(DockerSpawner):
         self.gpus = []
         self._peers_checked = False
         self._gpu_notice = Notice()
+        if self.network_pool_size > 0:
+            self._start_network_pool()
 
     def clear_state(self):
         super().clear_state()
@@ -329,7 +346,8 @@ class GpuhubSpawner(DockerSpawner):
                 # a failed start leaves nothing behind: no container (DockerSpawner), no GPU,
                 # no network
                 await self._release()
-                await self._leave_network_quietly()
+                if self._server_network:
+                    self._tear_down_network()
                 raise
             if self.ready_poll_interval > 0:
                 base_url = self.server.base_url if self.server else "/"
@@ -360,32 +378,142 @@ class GpuhubSpawner(DockerSpawner):
         return ([p for p in found if p.service not in unwanted],
                 [p for p in found if p.service in unwanted])
 
-    def _ensure_joined(self, api):
+    def _in_pool_thread(self, fn, *args):
+        """The pool's own thread and Docker client (made like DockerSpawner.client)."""
+        cls = GpuhubSpawner
+        if cls._pool_executor is None:
+            kwargs = {"version": "auto"}
+            if self.tls_config:
+                kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+            kwargs.update(kwargs_from_env())
+            kwargs.update(self.client_kwargs)
+            cls._pool_client = docker.APIClient(**kwargs)
+            cls._pool_executor = ThreadPoolExecutor(1, thread_name_prefix="gpuhub-networks")
+        return asyncio.wrap_future(cls._pool_executor.submit(fn, cls._pool_client, *args))
+
+    def _pool(self):
+        cls = GpuhubSpawner
+        if cls._network_pool is None:
+            cls._network_pool = netpool.NetworkPool(self.prefix, self.server_subnets,
+                                                    max(0, self.network_pool_size))
+        return cls._network_pool
+
+    def _start_network_pool(self):
+        """Once per hub process, in the background: remove the networks a former hub left
+        (netpool.sweep), then fill the pool."""
+        cls = GpuhubSpawner
+        if cls._network_pool is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # not in the hub's loop (a test): the first start() does it
+            return
+        pool = self._pool()
+
+        def sweep(api):
+            peers, unwanted = self._peers(api)
+            return pool.sweep(api, peers + unwanted)
+
+        async def run():
+            try:
+                removed = await self._in_pool_thread(sweep)
+                if removed:
+                    self.log.info("Removed %d server network(s) nothing uses: %s", len(removed),
+                                  ", ".join(removed))
+            except Exception as e:  # the next start sweeps again
+                self.log.warning("Cannot sweep the server networks: %s", e)
+            await self._refill_pool()
+        asyncio.ensure_future(run())
+
+    def _refill(self, api):
+        pool = self._pool()
+        if not pool.wanted():
+            return []
+        peers, _ = self._peers(api)
+        return pool.refill(api, peers)
+
+    async def _refill_pool(self):
+        try:
+            made = await self._in_pool_thread(self._refill)
+            if made:
+                self.log.info("Network pool: made %s", ", ".join(made))
+        except Exception as e:  # the next claim tries again
+            self.log.warning("Cannot fill the network pool: %s", e)
+
+    def _claim_or_make(self, api):
+        """(network, from the pool?, peers connected now): a ready network from the pool,
+        else one made now, named like the container (as with no pool)."""
+        peers, unwanted = self._peers(api)
+        pool = self._pool()
+        name, dropped = pool.claim(api, peers, unwanted)
+        for other in dropped:
+            self.log.warning("Network pool: %s is not handed out (not isolated any more, or "
+                             "a container other than hub and proxy is on it)", other)
+        if name:
+            return name, True, []
         name = networks.server_network_name(self.object_name)
+        pool.hold(name)
+        networks.ensure_network(api, name, self.server_subnets, self.user.name)
+        connected = networks.attach(api, name, peers)
+        networks.detach(api, name, unwanted)
+        return name, False, connected
+
+    def _rejoin(self, api):
+        """A server found running (at hub start): the network it was created on (from the
+        pool, or named like it), with hub and proxy on it."""
+        container = api.inspect_container(self.object_id or self.object_name)
+        mode = (container.get("HostConfig") or {}).get("NetworkMode") or ""
+        name = (mode if mode.startswith(f"{self.prefix}-")
+                else networks.server_network_name(self.object_name))
+        self._pool().hold(name)
         networks.ensure_network(api, name, self.server_subnets, self.user.name)
         peers, unwanted = self._peers(api)
         return name, networks.attach(api, name, peers), networks.detach(api, name, unwanted)
 
     async def _join_network(self):
         """Before the container is created: its network, with hub and proxy on it."""
+        if self.network_pool_size > 0:
+            self._start_network_pool()
+        pending = GpuhubSpawner._teardowns.get(networks.server_network_name(self.object_name))
+        if pending is not None:  # the last server of this name: its network is still going
+            await pending
         try:
-            name, connected, _ = await self._in_docker_thread(self._ensure_joined)
+            name, pooled, connected = await self._in_docker_thread(self._claim_or_make)
         except networks.NetworkError as e:
             raise web.HTTPError(503, f"Cannot prepare the network of your server: {e}") from None
-        self.network_name = name
+        self.network_name = self._server_network = name
         self._peers_checked = True  # poll() need not check again
-        self.log.info("Network %s for %s (joined: %s)", name, self._log_name,
-                      ", ".join(connected) or "all there")
+        if pooled:
+            self.log.info("Network %s for %s (from the pool)", name, self._log_name)
+            asyncio.ensure_future(self._refill_pool())
+        else:
+            self.log.info("Network %s for %s (joined: %s)", name, self._log_name,
+                          ", ".join(connected) or "all there")
         self._watch_networks()
 
-    def _leave_network(self, api):
-        networks.remove_network(api, networks.server_network_name(self.object_name))
+    def _my_network(self):
+        if self._server_network:
+            return self._server_network
+        if self.network_name.startswith(f"{self.prefix}-"):  # from the saved state
+            return self.network_name
+        return networks.server_network_name(self.object_name)
 
-    async def _leave_network_quietly(self):
-        try:
-            await self._in_docker_thread(self._leave_network)
-        except Exception as e:  # the start's own error is the one to report
-            self.log.warning("Cannot remove the network of %s: %s", self._log_name, e)
+    def _tear_down_network(self):
+        """Off the stop path: the network goes in the background once its server is gone;
+        what a hub stop interrupts, the next start sweeps (netpool.sweep)."""
+        name, self._server_network = self._my_network(), ""
+        pool, teardowns = self._pool(), GpuhubSpawner._teardowns
+
+        async def run():
+            try:
+                await self._in_pool_thread(pool.teardown, name)
+            except Exception as e:
+                self.log.warning("Cannot remove the network %s: %s", name, e)
+            finally:
+                if teardowns.get(name) is task:
+                    del teardowns[name]
+        task = asyncio.ensure_future(run())
+        teardowns[name] = task
 
     def _watch_networks(self):
         cls = GpuhubSpawner
@@ -395,7 +523,10 @@ class GpuhubSpawner(DockerSpawner):
 
     def _reconcile(self, api):
         peers, unwanted = self._peers(api)
-        return networks.reconcile(api, self.prefix, peers, unwanted)
+        # networks being removed are left alone (a peer put back would keep them), and so
+        # are the pool's unclaimed ones: a claim attaches what they lack (netpool.claim)
+        return networks.reconcile(api, self.prefix, peers, unwanted,
+                                  skip={*GpuhubSpawner._teardowns, *self._pool().unclaimed()})
 
     async def _network_watch_loop(self):
         while True:
@@ -413,8 +544,8 @@ class GpuhubSpawner(DockerSpawner):
             # found running (at hub start, say): before the hub talks to it, make sure hub
             # and proxy are on its network; the hub may come from a new image
             try:
-                name, connected, _ = await self._in_docker_thread(self._ensure_joined)
-                self.network_name = name
+                name, connected, _ = await self._in_docker_thread(self._rejoin)
+                self.network_name = self._server_network = name
                 if connected:
                     self.log.info("Network %s: joined %s", name, ", ".join(connected))
                 self._peers_checked = True
@@ -521,7 +652,7 @@ class GpuhubSpawner(DockerSpawner):
         try:
             await super().stop(now=now)
             if self.remove:
-                await self._in_docker_thread(self._leave_network)
+                self._tear_down_network()
         finally:
             await self._release()
 
@@ -567,10 +698,14 @@ class GpuhubSpawner(DockerSpawner):
         state = super().get_state()
         if self.gpus:
             state["gpus"] = [g.uuid for g in self.gpus]
+        if self._server_network:
+            state["network"] = self._server_network  # a pool network is not named like it
         return state
 
     def load_state(self, state):
         super().load_state(state)
+        if state.get("network"):
+            self.network_name = self._server_network = state["network"]
         # the database, not the saved state, says what the server holds (reconciled at start);
         # asked even without "gpus": a spawn cut short by a hub crash saved no state yet
         if self.gpu_allocator and self.orm_spawner is not None and self.orm_spawner.server:
@@ -643,7 +778,7 @@ class GpuhubSwarmSpawner(GpuhubSpawner, SwarmSpawner):
     async def _join_network(self):
         pass
 
-    def _leave_network(self, api):
+    def _tear_down_network(self):
         pass
 
     async def _nodes(self):

@@ -208,6 +208,14 @@ class Stack:
         self.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
         for v in self.client.volumes.list(filters={"name": self.prefix}):
             v.remove(force=True)
+        # the servers' own networks and the hub's pool of them (hub/netpool.py): left on the
+        # engine, they would take the shared address pool's /28s run after run
+        for n in self.client.networks.list(filters={"label": "org.gpuhub.server-network"}):
+            if n.name.startswith(f"{self.prefix}-"):
+                try:
+                    n.remove()
+                except docker.errors.APIError:  # still in use somewhere: not ours to force
+                    pass
 
     # -- what users and admins reach --
     def ip(self, container, network=None):

@@ -54,8 +54,11 @@ def test_user_server_persists_work_across_removal_and_hub_restart(stack):
     assert container.attrs["Config"]["User"] == "1000:100"
     assert host["CapDrop"] == ["ALL"] and not host["Privileged"]
     assert not any("docker.sock" in (m.get("Source") or "") for m in container.attrs["Mounts"])
-    # on a network of its own, named like the container (hub/networks.py)
-    assert set(container.attrs["NetworkSettings"]["Networks"]) == {container.name}
+    # on a network of its own (hub/networks.py): one of the pool's (hub/netpool.py) or,
+    # when none was ready, one named like the container
+    own = container.attrs["HostConfig"]["NetworkMode"]
+    assert set(container.attrs["NetworkSettings"]["Networks"]) == {own}
+    assert own == container.name or own.startswith(f"{stack.prefix}-pool_"), own
 
     # no path from the user's container to the proxy's API (control network only)
     proxy = stack.container("proxy")

@@ -110,7 +110,7 @@ def test_ordinary_git_pull_link_still_pulls(stack, server, git_server):
     addresses."""
     url, container = server
     host = git_server.split("/")[2].split(":")[0]
-    stack.client.networks.get(container.name).connect(host)
+    stack.client.networks.get(container.attrs["HostConfig"]["NetworkMode"]).connect(host)
     code, out = container.exec_run(["git", "config", "--global",
                                     f"http.{git_server}/.proxy", ""], user="1000:100",
                                    environment={"HOME": HOME})

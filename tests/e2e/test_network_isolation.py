@@ -113,21 +113,50 @@ def gateway(network):
     return config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
 
 
+def network_name(container):
+    """The network a server's container was created on: from the hub's pool of ready
+    networks ({prefix}-pool_...), or one named like the container when the pool was empty."""
+    container.reload()
+    return container.attrs["HostConfig"]["NetworkMode"]
+
+
 def network_of(stack, container):
-    return stack.client.networks.get(container.name).attrs
+    return stack.client.networks.get(network_name(container)).attrs
 
 
 def test_each_server_has_an_isolated_network_of_its_own(stack, two_students):
     a, b = two_students
     for c in (a, b):
         c.reload()
-        assert set(c.attrs["NetworkSettings"]["Networks"]) == {c.name}
+        assert set(c.attrs["NetworkSettings"]["Networks"]) == {network_name(c)}
         net = network_of(stack, c)
         assert net["Internal"] is True
         assert net["Options"]["com.docker.network.bridge.inhibit_ipv4"] == "true"
         members = {m["Name"] for m in net["Containers"].values()}
         assert members == {c.name, stack.container("hub").name, stack.container("proxy").name,
                            stack.container("egress").name}, members
+    assert network_name(a) != network_name(b)
+
+
+def test_the_networks_kept_ready_are_isolated_and_nobody_elses(stack, two_students):
+    """hub/netpool.py: GPUHUB_NETWORK_POOL (10 here, the default) networks made ahead of
+    time, each like a server's own, with only the hub, proxy and egress proxy on them; a
+    server's network (taken from them or made at its spawn) is in none of them."""
+    a, b = two_students
+    taken = {network_name(a), network_name(b)}
+    peers = {stack.container(s).name for s in ("hub", "proxy", "egress")}
+
+    def ready():
+        found = [stack.client.networks.get(n.id).attrs for n in stack.client.networks.list(
+            filters={"label": "org.gpuhub.server-network"})
+            if n.name.startswith(f"{stack.prefix}-pool_") and n.name not in taken]
+        return [n for n in found
+                if {m["Name"] for m in (n["Containers"] or {}).values()} == peers]
+    wait_for(lambda: len(ready()) == 10, 120, "the pool to hold 10 ready networks")
+    for net in ready():
+        assert net["Internal"] is True, net["Name"]
+        assert net["Options"]["com.docker.network.bridge.inhibit_ipv4"] == "true", net["Name"]
+        assert net["Labels"]["org.gpuhub.server-network"] == "", net["Name"]
 
 
 def test_student_a_reaches_neither_b_nor_the_host_nor_the_control_network(
@@ -148,9 +177,10 @@ def test_student_a_reaches_neither_b_nor_the_host_nor_the_control_network(
         # the control network: Traefik's API, the hub there
         f"{stack.env['GPUHUB_PROXY_CONTROL_IP']}:8099", f"{stack.ip(hub, control)}:8081",
         # the proxy's API from A's network, and the hub and proxy on the users network
-        f"{stack.ip(proxy, a.name)}:8099", f"{stack.ip(hub)}:8081", f"{stack.ip(proxy)}:8080",
+        f"{stack.ip(proxy, network_name(a))}:8099", f"{stack.ip(hub)}:8081",
+        f"{stack.ip(proxy)}:8080",
     ]
-    allowed = ["hub:8081", "egress:3128", f"{stack.ip(proxy, a.name)}:8080"]
+    allowed = ["hub:8081", "egress:3128", f"{stack.ip(proxy, network_name(a))}:8080"]
     seen = probe(a, *attacks, *allowed)
     assert all(seen[t] == "open" for t in allowed), {t: seen[t] for t in allowed}
     opened = {t: seen[t] for t in attacks if seen[t] == "open"}
@@ -230,16 +260,17 @@ def test_a_recreated_proxy_finds_its_way_back_to_every_server(stack, two_student
     assert "connected" in logs and "(it had lost it)" in logs, logs[-3000:]
     assert "Checking the servers' networks failed" not in logs, logs[-3000:]
     a, b = two_students
-    for c in (a, b):
-        assert stack.container("proxy").name in {
-            m["Name"] for m in network_of(stack, c)["Containers"].values()}
+    for c in (a, b):  # one round of the watch may not have reached both yet
+        wait_for(lambda: stack.container("proxy").name in {
+            m["Name"] for m in network_of(stack, c)["Containers"].values()}, 60,
+            f"the recreated proxy on {network_name(c)}")
 
 
 def test_a_stopped_server_takes_its_network_with_it(stack):
     user = "cleo"
     assert stack.api("POST", f"/users/{user}").status_code in (201, 409)
     stack.start_server(user)
-    name = stack.user_container(user).name
+    name = network_name(stack.user_container(user))
     assert stack.client.networks.list(names=[name])
     stack.stop_server(user)
     wait_for(lambda: not [n for n in stack.client.networks.list(names=[name]) if n.name == name],
@@ -266,7 +297,7 @@ def test_exam_mode_cuts_every_way_out(exam_stack):
     c = s.user_container(user)
     env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
     assert not {"HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"} & set(env)
-    members = {m["Name"] for m in s.client.networks.get(c.name).attrs["Containers"].values()}
+    members = {m["Name"] for m in network_of(s, c)["Containers"].values()}
     assert s.container("egress").name not in members
     egress = s.container("egress")
     egress_ip = next(iter(egress.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
