@@ -97,6 +97,9 @@ def copy_repository(dest):
 class Stack:
     """One deployment under test: its own compose project, networks and volumes."""
 
+    # health checks every 2 s (tests/e2e/compose.health.yml): starts wait less
+    quick_health = True
+
     def __init__(self, workdir, client, name, real_traefik, extra_env=None):
         self.dir = Path(workdir)
         self.client = client
@@ -143,6 +146,8 @@ class Stack:
             "['admin:users', 'admin:servers', 'admin:groups', 'access:servers', 'list:users', 'read:metrics']})\n"
         )
         self.files = ["-f", "docker-compose.yml"]
+        if self.quick_health:
+            self.files += ["-f", "tests/e2e/compose.health.yml"]
         if not real_traefik:
             self.files += ["-f", "tests/e2e/compose.standin.yml"]
 
