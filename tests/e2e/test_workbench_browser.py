@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from .browser import Student, add_service, browser, dismiss_news_toast, oidc_deployment  # noqa: F401
+from .browser import Student, add_service, browser, dismiss_news_toast, oidc_deployment, steadily  # noqa: F401
 from .stack import wait_for
 from .test_browser_login import ACCOUNTS, LAB_NAME, sign_in_through_sso
 
@@ -162,8 +162,11 @@ def test_student_trains_a_model_and_watches_it_in_tensorboard(student):
 
         # a notebook that trains a tiny Keras model, logging for TensorBoard
         write_notebook(container, "/home/jovyan/train.ipynb", TRAIN)
-        page.goto(f"{student.url}/user/student1/lab/tree/train.ipynb")
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)
+
+        def open_notebook(attempt):
+            page.goto(f"{student.url}/user/student1/lab/tree/train.ipynb")
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)
+        steadily(student, open_notebook, "the training notebook", strict=False)
         page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first.click()
         page.keyboard.press("Shift+Enter")
         output = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output",
