@@ -8,6 +8,7 @@ test_browser_login.py's docstring says what else differs from production (nothin
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -172,7 +173,7 @@ def oidc_deployment(tmp_path_factory, docker_client, name, accounts, env, prepar
         stack.compose("build")
         print(f"images built in {time.monotonic() - started:.0f}s")
         # creates the users network: the provider listens on its gateway address
-        stack.compose("up", "--no-start")
+        stack.create()
         provider.start(f"{url}/hub/oauth_callback")
         stack.compose("up", "-d")
         stack.wait_healthy()
@@ -218,7 +219,21 @@ class Student:
         self.failed = []
         self.context.on("requestfailed", lambda r: self.failed.append(f"{r.url}: {r.failure}"))
         self.page = self.context.new_page()
+        # JupyterLab asks whether to restart the server when a request of its failed, as
+        # when Chromium dropped it on a network change (steadily) or a status poll timed
+        # out on this busy machine; the question would block the next click. Where the hub
+        # says the server is up, answer it as a student would: Dismiss.
+        self.page.add_locator_handler(
+            self.page.locator(".jp-Dialog", has_text="Server unavailable"), self._server_unavailable)
         self.shots = []
+
+    def _server_unavailable(self, question):
+        user = re.search(r"/user/([^/?#]+)/", self.page.url)
+        if user:
+            wait_for(lambda: self.stack.api("GET", f"/users/{user[1]}").json()["servers"][""]["ready"],
+                     60, f"{user[1]}'s server to be reported ready")
+        print("\nJupyterLab asked whether to restart the server (a request of its failed); dismissed")
+        question.get_by_role("button", name="Dismiss").click()
 
     def shot(self, name, page=None):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

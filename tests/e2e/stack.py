@@ -167,8 +167,15 @@ class Stack:
 
     def up(self):
         self.compose("build")
+        self.create("-d")
+        self.wait_healthy()
+
+    def create(self, *args):
+        """`compose up` (by default --no-start: networks, volumes, containers; with "-d"
+        started), again with another control subnet where it was taken meanwhile."""
+        args = args or ("--no-start",)
         for attempt in range(3):
-            result = self.compose("up", "-d", check=False)
+            result = self.compose("up", *args, check=False)
             # another stack on this engine took the control subnet between free_subnet()
             # and now (several checkouts' runs share one engine): take another one
             if result.returncode and "Pool overlaps" in result.stderr and attempt < 2:
@@ -182,7 +189,6 @@ class Stack:
         if result.returncode:
             raise AssertionError(f"compose up failed ({result.returncode}):\n"
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        self.wait_healthy()
 
     @contextmanager
     def running(self):
