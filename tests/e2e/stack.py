@@ -230,6 +230,15 @@ class Stack:
         # --timeout 1: the guard and the stand-in proxy run Python as PID 1, which ignores
         # SIGTERM, so each waited out Docker's 10 s in turn; nothing is kept after a down
         self.compose("down", "-v", "--remove-orphans", "--timeout", "1", check=False, timeout=300)
+        # the servers' own networks (hub/networks.py): the hub removes one when its server
+        # stops, not when the stack goes with servers still running; left, they take /28s
+        # of GPUHUB_SERVER_SUBNETS from every later stack on this engine
+        for n in self.client.networks.list(filters={"name": f"{self.prefix}-"}):
+            if n.name.startswith(f"{self.prefix}-"):
+                try:
+                    n.remove()
+                except docker.errors.APIError as e:
+                    print(f"network {n.name} left: {e}")
         for v in self.client.volumes.list(filters={"name": self.prefix}):
             v.remove(force=True)
 
