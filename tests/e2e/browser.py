@@ -284,8 +284,9 @@ def steadily(student, action, what, attempts=5, strict=True):
     changed: Docker adds a network interface for every container it starts (on this shared
     engine, other runs' too), and Chromium then aborts requests in flight with
     ERR_NETWORK_CHANGED. Any other failure fails at once. `action(attempt)` gets 0, 1, ...
-    `strict`: a step that passed is made again too if a request of it was dropped (where a
-    dropped request would look like a refusal); else a passed step stands."""
+    `strict`: a step that passed is made again too if a request of it was dropped (a page
+    loaded so may lack a part, a dropped request may look like a refusal); else, where
+    the step's result shows it worked, a passed step stands."""
     for attempt in range(attempts):
         mark = len(student.failed)
         try:
@@ -302,8 +303,7 @@ def steadily(student, action, what, attempts=5, strict=True):
 
 def goto(student, url, page=None):
     """page.goto, again where the network changed under Chromium (steadily)."""
-    return steadily(student, lambda attempt: (page or student.page).goto(url), f"opening {url}",
-                    strict=False)
+    return steadily(student, lambda attempt: (page or student.page).goto(url), f"opening {url}")
 
 
 def open_lab(student, user, origin=None):
@@ -320,7 +320,7 @@ def open_lab(student, user, origin=None):
             student.page.goto(url + "?reset")  # JupyterLab with the launcher, no tabs restored
         student.page.wait_for_url(url + "**", timeout=60_000)
         student.page.locator(".jp-LauncherCard").first.wait_for(timeout=120_000)
-    steadily(student, arrive, f"{user}'s JupyterLab", strict=False)
+    steadily(student, arrive, f"{user}'s JupyterLab")
     dismiss_news_toast(student.page)
 
 

@@ -29,7 +29,7 @@ import requests
 from cryptography import x509
 
 from . import browser as browser_helpers
-from .browser import Student, add_service, browser, oidc_deployment, run_a_cell, steadily  # noqa: F401
+from .browser import Student, add_service, browser, goto, oidc_deployment, run_a_cell, steadily  # noqa: F401
 from .stack import REPO, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +85,7 @@ def new_student(browser, origin_stack):
 
 def sign_in(student, user):
     page = student.page
-    page.goto(f"{student.url}/hub/login")
+    goto(student, f"{student.url}/hub/login")
     page.get_by_role("button", name="Sign in with single sign-on").click()
     page.wait_for_url(f"{student.provider.issuer}/interaction/**")
     page.fill("#login", user)

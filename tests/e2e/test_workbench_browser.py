@@ -166,7 +166,7 @@ def test_student_trains_a_model_and_watches_it_in_tensorboard(student):
         def open_notebook(attempt):
             page.goto(f"{student.url}/user/student1/lab/tree/train.ipynb")
             page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)
-        steadily(student, open_notebook, "the training notebook", strict=False)
+        steadily(student, open_notebook, "the training notebook")
         page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first.click()
         page.keyboard.press("Shift+Enter")
         output = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output",
