@@ -294,9 +294,12 @@ def steadily(student, action, what, attempts=5, strict=True):
             if strict and any(NETWORK_CHANGED in f for f in student.failed[mark:]):
                 raise NetworkChanged(student.failed[mark:])
             return result
-        except Exception:
-            if attempt + 1 == attempts or not any(NETWORK_CHANGED in f
-                                                  for f in student.failed[mark:]):
+        except Exception as e:
+            # a dropped request of this step, or a navigation it waits for that was dropped
+            # before (Playwright then raises with Chromium's error)
+            changed = NETWORK_CHANGED in str(e) or any(NETWORK_CHANGED in f
+                                                       for f in student.failed[mark:])
+            if attempt + 1 == attempts or not changed:
                 raise
             print(f"\n{what}: Chromium saw the network change (a container started); again")
 
