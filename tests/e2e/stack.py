@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -97,6 +98,9 @@ def copy_repository(dest):
 class Stack:
     """One deployment under test: its own compose project, networks and volumes."""
 
+    # health checks every 2 s (tests/e2e/compose.health.yml): starts wait less
+    quick_health = True
+
     def __init__(self, workdir, client, name, real_traefik, extra_env=None):
         self.dir = Path(workdir)
         self.client = client
@@ -143,6 +147,8 @@ class Stack:
             "['admin:users', 'admin:servers', 'admin:groups', 'access:servers', 'list:users', 'read:metrics']})\n"
         )
         self.files = ["-f", "docker-compose.yml"]
+        if self.quick_health:
+            self.files += ["-f", "tests/e2e/compose.health.yml"]
         if not real_traefik:
             self.files += ["-f", "tests/e2e/compose.standin.yml"]
 
@@ -161,8 +167,15 @@ class Stack:
 
     def up(self):
         self.compose("build")
+        self.create("-d")
+        self.wait_healthy()
+
+    def create(self, *args):
+        """`compose up` (by default --no-start: networks, volumes, containers; with "-d"
+        started), again with another control subnet where it was taken meanwhile."""
+        args = args or ("--no-start",)
         for attempt in range(3):
-            result = self.compose("up", "-d", check=False)
+            result = self.compose("up", *args, check=False)
             # another stack on this engine took the control subnet between free_subnet()
             # and now (several checkouts' runs share one engine): take another one
             if result.returncode and "Pool overlaps" in result.stderr and attempt < 2:
@@ -176,7 +189,16 @@ class Stack:
         if result.returncode:
             raise AssertionError(f"compose up failed ({result.returncode}):\n"
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        self.wait_healthy()
+
+    @contextmanager
+    def running(self):
+        """The stack up (built, started, healthy) for the `with` block; down after it,
+        however it ends (a failed start too)."""
+        try:
+            self.up()
+            yield self
+        finally:
+            self.down()
 
     def container(self, service):
         found = self.client.containers.list(all=True, filters={
@@ -205,7 +227,18 @@ class Stack:
     def down(self):
         for c in self.client.containers.list(all=True, filters={"name": self.prefix}):
             c.remove(force=True)
-        self.compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+        # --timeout 1: the guard and the stand-in proxy run Python as PID 1, which ignores
+        # SIGTERM, so each waited out Docker's 10 s in turn; nothing is kept after a down
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "1", check=False, timeout=300)
+        # the servers' own networks (hub/networks.py): the hub removes one when its server
+        # stops, not when the stack goes with servers still running; left, they take /28s
+        # of GPUHUB_SERVER_SUBNETS from every later stack on this engine
+        for n in self.client.networks.list(filters={"name": f"{self.prefix}-"}):
+            if n.name.startswith(f"{self.prefix}-"):
+                try:
+                    n.remove()
+                except docker.errors.APIError as e:
+                    print(f"network {n.name} left: {e}")
         for v in self.client.volumes.list(filters={"name": self.prefix}):
             v.remove(force=True)
         # the servers' own networks and the hub's pool of them (hub/netpool.py): left on the

@@ -2,9 +2,9 @@
 spawn-pending page, then JupyterLab once the GPU frees.
 
 The deployment is test_browser_login.py's (real OpenID Connect provider, Chromium, the
-hub and user images), imported as its fixtures; this module then gives the hub one fake
-GPU (the no-op nvidia hook lets Docker accept the device request) and a catalog whose
-only course wants it, and recreates the hub container with that `.env`."""
+hub and user images), imported as its fixtures, with one fake GPU for the hub (the no-op
+nvidia hook lets Docker accept the device request) and a catalog whose only course wants
+it (browser_stack_options)."""
 
 import secrets
 
@@ -13,8 +13,8 @@ import yaml
 
 from . import test_browser_login as login
 from .stack import wait_for
-from .test_browser_login import (browser_stack_options, Student, browser, browser_stack, dismiss_news_toast,  # noqa: F401
-                                 sign_in_through_sso, student)
+from .browser import Student, browser, dismiss_news_toast  # noqa: F401
+from .test_browser_login import browser_stack, sign_in_through_sso, student  # noqa: F401
 from .test_gpus_e2e import device_ids
 
 # a second student in cs101, who holds the GPU first; added before the provider starts
@@ -27,23 +27,20 @@ GPU = "GPU-00000000-0000-4000-8000-0000000000b1"
 
 
 @pytest.fixture(scope="module")
-def gpu_browser_stack(browser_stack):  # noqa: F811
-    stack = browser_stack.stack
-    (stack.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
-        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
-         "image": stack.env["GPUHUB_USER_IMAGE"], "default": True, "gpus": 1},
-    ]}))
-    stack.env.update({"GPUHUB_GPUS": GPU, "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
-                      "GPUHUB_GPU_QUEUE_TIMEOUT": "600"})
-    (stack.dir / ".env").write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
-    stack.compose("up", "-d", "hub")  # recreated: its env_file changed
-    stack.wait_healthy()
-    return browser_stack
+def browser_stack_options():
+    def catalog(stack):
+        (stack.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
+            {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
+             "image": stack.env["GPUHUB_USER_IMAGE"], "default": True, "gpus": 1},
+        ]}))
+    return {"env": {"GPUHUB_GPUS": GPU, "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
+                    "GPUHUB_GPU_QUEUE_TIMEOUT": "600"},
+            "prepare": catalog}
 
 
-def test_a_student_waits_in_line_then_gets_jupyterlab(gpu_browser_stack, browser, student):  # noqa: F811
+def test_a_student_waits_in_line_then_gets_jupyterlab(browser_stack, browser, student):  # noqa: F811
     stack, page = student.stack, student.page
-    holder = Student(browser, gpu_browser_stack)
+    holder = Student(browser, browser_stack)
     try:
         # another student signs in first and gets the only GPU
         sign_in_through_sso(holder, "student2")

@@ -17,18 +17,19 @@ import shutil
 
 import pytest
 import yaml
-from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
+from .browser import DOCS_IMAGES, SCREENSHOTS, browser, dismiss_news_toast, goto  # noqa: F401
 from .stack import wait_for
-from .test_browser_login import (DOCS_IMAGES, SCREENSHOTS, browser, browser_stack,  # noqa: F401
-                                 dismiss_news_toast, sign_in_through_sso, student)
+from .test_browser_login import browser_stack, sign_in_through_sso, student  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
 GPU = "GPU-00000000-0000-4000-8000-0000000000e1"
-GPU_MAX_AGE = 150
-WARNING = 120  # JupyterLab warns when this much is left: 30 s into the session
+# The test waits for the end, so the session is short: 90 s, still well beyond the lab's
+# start on a busy machine; JupyterLab warns when 70 s are left (20 s in). The docs'
+# pictures (GPUHUB_UPDATE_DOCS_IMAGES=1) show the 150-second session docs/gpus.md names.
+GPU_MAX_AGE, WARNING = (150, 120) if os.environ.get("GPUHUB_UPDATE_DOCS_IMAGES") == "1" else (90, 70)
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +79,11 @@ def test_jupyterlab_counts_down_the_gpu_session_and_the_home_page_says_why_it_en
         # at the deadline the hub stops the server; its home page says why
         wait_for(lambda: "" not in stack.api("GET", "/users/student1").json()["servers"],
                  GPU_MAX_AGE * 2, "the gpu-culler to stop student1's server")
-        # Chromium aborts a navigation with ERR_NETWORK_CHANGED when Docker adds or removes
-        # a network on this host (other test runs do): try again, a bounded number of times
-        for attempt in range(3):
-            try:
-                page.goto(f"{student.url}/hub/home")
-                break
-            except PlaywrightError as e:
-                if "ERR_NETWORK_CHANGED" not in str(e) or attempt == 2:
-                    raise
+        goto(student, f"{student.url}/hub/home")
         notice = page.locator(".gpuhub-stop-notice")
         notice.wait_for(timeout=30_000)
         text = notice.inner_text()
-        assert "GPU sessions last at most 150 seconds" in text and "files are kept" in text, text
+        assert f"GPU sessions last at most {GPU_MAX_AGE} seconds" in text and "files are kept" in text, text
         shot(page, "03-home-says-why", taken)
         assert stack.client.volumes.get(f"{stack.env['GPUHUB_VOLUME_PREFIX']}-student1")
     except Exception as e:

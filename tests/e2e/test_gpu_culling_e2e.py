@@ -64,12 +64,9 @@ def cull_stack(tmp_path_factory, docker_client, standin_bases):
         {"slug": "sprint", "display_name": "GPU sprint", "image": image, "gpus": 1,
          "gpu_max_age": SPRINT_MAX_AGE},
     ]}))
-    try:
-        s.up()
+    with s.running():
         set_usage(s, {})
         yield s
-    finally:
-        s.down()
 
 
 def set_usage(stack, usage):

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import yaml
 
 from .stack import wait_for
 from .test_gpus_e2e import device_ids
@@ -27,30 +26,19 @@ BUDGET_HOURS = 0.001  # 3.6 GPU-seconds a week: used up by one short session
 
 @pytest.fixture(scope="module")
 def queue_stack(tmp_path_factory, docker_client, standin_bases):
-    from .conftest import make_stack
-    s = make_stack(tmp_path_factory, docker_client, "gpuhubqueue", real_traefik=False, extra_env={
-        "GPUHUB_GPUS": ",".join(GPUS),
-        "GPUHUB_GPU_MODE": "exclusive",
-        "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
-        "GPUHUB_GPU_QUEUE_TIMEOUT": "900",
-        "GPUHUB_START_TIMEOUT": str(START_TIMEOUT),
-    })
+    from .conftest import make_gpu_stack
+    s = make_gpu_stack(tmp_path_factory, docker_client, "gpuhubqueue", GPUS, [
+        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
+         "default": True, "gpus": 1, "allow_cpu": True},
+        {"slug": "tiny-budget", "display_name": "Tiny budget", "description": "One GPU, rationed",
+         "gpus": 1, "gpu_hours_per_week": BUDGET_HOURS},
+    ], {"GPUHUB_GPU_QUEUE_TIMEOUT": "900", "GPUHUB_START_TIMEOUT": str(START_TIMEOUT)})
     (s.dir / "jupyterhub_config.d" / "92-e2e-tokens.py").write_text(
         "# written by tests/e2e/test_gpu_queue_e2e.py: the test's service may make a student's token\n"
         "c.JupyterHub.load_roles.append({'name': 'e2e-tokens', 'services': ['e2e'], "
         "'scopes': ['tokens']})\n")
-    image = s.env["GPUHUB_USER_IMAGE"]
-    (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
-        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
-         "image": image, "default": True, "gpus": 1, "allow_cpu": True},
-        {"slug": "tiny-budget", "display_name": "Tiny budget", "description": "One GPU, rationed",
-         "image": image, "gpus": 1, "gpu_hours_per_week": BUDGET_HOURS},
-    ]}))
-    try:
-        s.up()
+    with s.running():
         yield s
-    finally:
-        s.down()
 
 
 def server(stack, user):

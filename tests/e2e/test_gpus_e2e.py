@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import yaml
 
 from .stack import wait_for
 
@@ -18,26 +17,11 @@ GPUS = [f"GPU-00000000-0000-4000-8000-00000000000{i}" for i in range(1, 4)]
 
 @pytest.fixture(scope="module")
 def gpu_stack(tmp_path_factory, docker_client, standin_bases):
-    from .conftest import make_stack
-    s = make_stack(tmp_path_factory, docker_client, "gpuhubgpu", real_traefik=False, extra_env={
-        "GPUHUB_GPUS": ",".join(GPUS),
-        "GPUHUB_GPU_MODE": "exclusive",
-        "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
-        # no line: these tests are about refusals (the line: test_gpu_queue_e2e.py)
-        "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
-    })
-    image = s.env["GPUHUB_USER_IMAGE"]
-    (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
-        {"slug": "cpu", "display_name": "CPU only", "description": "No GPU",
-         "image": image, "default": True, "gpus": 0},
-        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
-         "image": image, "gpus": 1, "allow_cpu": True},
-    ]}))
-    try:
-        s.up()
+    from .conftest import CPU_AND_GPU_COURSES, make_gpu_stack
+    # no line: these tests are about refusals (the line: test_gpu_queue_e2e.py)
+    with make_gpu_stack(tmp_path_factory, docker_client, "gpuhubgpu", GPUS, CPU_AND_GPU_COURSES,
+                        {"GPUHUB_GPU_QUEUE_TIMEOUT": "0"}).running() as s:
         yield s
-    finally:
-        s.down()
 
 
 def device_ids(container):

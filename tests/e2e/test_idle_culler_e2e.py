@@ -27,11 +27,8 @@ def culled_stack(tmp_path_factory, docker_client, standin_bases):
         {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
          "image": s.env["GPUHUB_USER_IMAGE"], "default": True, "gpus": 1},
     ]}))
-    try:
-        s.up()
+    with s.running():
         yield s
-    finally:
-        s.down()
 
 
 def gpu_holders(stack):

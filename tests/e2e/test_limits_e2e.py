@@ -42,13 +42,10 @@ def limits_stack(tmp_path_factory, docker_client, standin_bases):
         env["GPUHUB_DISK_LIMIT"] = "1g"
     s = make_stack(tmp_path_factory, docker_client, "gpuhublimits", real_traefik=False,
                    extra_env=env)
-    try:
-        s.up()
+    with s.running():
         assert s.api("POST", f"/users/{USER}").status_code in (201, 409)
         s.start_server(USER)
         yield s
-    finally:
-        s.down()
 
 
 def direct_url(stack, user):

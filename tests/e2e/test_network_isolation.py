@@ -282,11 +282,8 @@ def exam_stack(tmp_path_factory, docker_client, standin_bases):
     """A second deployment with GPUHUB_USER_EGRESS=deny (same images)."""
     s = make_stack(tmp_path_factory, docker_client, "gpuhubexam", real_traefik=False,
                    extra_env={"GPUHUB_USER_EGRESS": "deny"})
-    try:
-        s.up()
+    with s.running():
         yield s
-    finally:
-        s.down()
 
 
 def test_exam_mode_cuts_every_way_out(exam_stack):

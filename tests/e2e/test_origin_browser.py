@@ -22,17 +22,15 @@ import json
 import secrets
 import socket
 import ssl
-from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import pytest
 import requests
 from cryptography import x509
 
-from .stack import REPO, Stack, free_port, image_exists, traefik_image, wait_for
-from .test_browser_login import browser  # noqa: F401 (the Chromium fixture)
-from .test_browser_login import (OidcProvider, Student, dismiss_news_toast, free_users_subnet,
-                                 install_provider)
+from . import browser as browser_helpers
+from .browser import Student, add_service, browser, goto, oidc_deployment, run_a_cell, steadily  # noqa: F401
+from .stack import REPO, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,101 +39,33 @@ ACCOUNTS = {"ada": {"password": secrets.token_urlsafe(12), "groups": ["cs101"]},
             "bea": {"password": secrets.token_urlsafe(12), "groups": ["cs101"]}}
 ARTIFACTS = REPO / "test-artifacts"
 
-CHP_CONFIG = """\
-# written by the origin browser test (tests/e2e/test_origin_browser.py): no traefik:v3 image
-# on this machine, so configurable-http-proxy (tests/e2e/chp) is the proxy, on the public
-# port with the hub's certificate. The only difference.
-c.JupyterHub.proxy_class = "configurable-http-proxy"
-c.ConfigurableHTTPProxy.should_start = False
-c.ConfigurableHTTPProxy.api_url = "http://chp:8001"
-"""
-TOKENS_SERVICE = """\
-# written by the origin browser test: a token that may read users' API tokens (and nothing else)
-c.JupyterHub.services.append({{'name': 'e2e-tokens', 'api_token': {token!r}}})
-c.JupyterHub.load_roles.append({{'name': 'e2e-tokens', 'services': ['e2e-tokens'],
-                                'scopes': ['read:tokens']}})
-"""
-
-
-class Provider(OidcProvider):
-    """The test identity provider with this module's two students, both in cs101."""
-
-    def start(self, redirect_uri):
-        import tests.e2e.test_browser_login as login
-        saved, login.ACCOUNTS = login.ACCOUNTS, ACCOUNTS
-        try:
-            super().start(redirect_uri)
-        finally:
-            login.ACCOUNTS = saved
-
 
 @pytest.fixture(scope="module")
 def origin_stack(tmp_path_factory, docker_client, standin_bases):
-    install_provider()
-    real_traefik = image_exists(docker_client, traefik_image())
-    workdir = tmp_path_factory.mktemp("gpuhuborigin")
-    subnet = free_users_subnet(docker_client)
-    provider = Provider(workdir, str(subnet.network_address + 1), free_port())
-    port = free_port()
-    env = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": provider.issuer,
-           "OAUTH_CLIENT_ID": provider.client_id, "OAUTH_CLIENT_SECRET": provider.client_secret,
-           "OIDC_SCOPES": "openid profile groups", "GPUHUB_ALLOWED_GROUPS": "cs101",
-           "GPUHUB_LAB_NAME": LAB_NAME, "GPUHUB_E2E_USERS_SUBNET": str(subnet),
-           "GPUHUB_USER_SUBDOMAINS": "true", "GPUHUB_HTTPS_PORT": str(port),
-           "GPUHUB_VERSION": "origin"}
-    if not real_traefik:
-        env.update({"CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
-                    "GPUHUB_E2E_CHP_PORT": str(port), "GPUHUB_E2E_CHP_ROUTING": "--host-routing",
-                    "GPUHUB_PROXY_SERVICES": "chp"})
-    stack = Stack(workdir / "repo", docker_client, "gpuhuborigin", real_traefik, env)
-    stack.files += ["-f", "tests/e2e/oidc/compose.users-subnet.yml"]
-    if not real_traefik:
-        stack.files += ["-f", "tests/e2e/chp/compose.chp.yml",
-                        "-f", "tests/e2e/chp/compose.chp-subdomains.yml"]
-        (stack.dir / "jupyterhub_config.d" / "95-e2e-chp.py").write_text(CHP_CONFIG)
-        print("\nNOTE: no traefik:v3 image on this machine: configurable-http-proxy with "
-              "--host-routing and the hub's certificate replaces the proxy service.")
-    tokens_token = secrets.token_hex(16)
-    (stack.dir / "jupyterhub_config.d" / "92-e2e-tokens.py").write_text(
-        TOKENS_SERVICE.format(token=tokens_token))
-    url = f"https://localhost:{port}"
-    try:
-        stack.compose("build")
-        stack.compose("up", "--no-start")
-        provider.start(f"{url}/hub/oauth_callback")
-        stack.compose("up", "-d")
-        stack.wait_healthy()
-        wait_for(lambda: requests.get(f"{url}/hub/health", verify=False, timeout=5).ok, 60,
-                 f"the hub through the proxy at {url}")
-        yield SimpleNamespace(stack=stack, url=url, port=port, provider=provider,
-                              tokens_token=tokens_token, auth_state_token=None)
-    finally:
-        provider.stop()
-        stack.down()
+    """The browser tests' deployment (tests/e2e/browser.py) on subdomains; where the
+    traefik:v3 image is missing, configurable-http-proxy with --host-routing and the hub's
+    certificate on the public port."""
+    env = {"GPUHUB_ALLOWED_GROUPS": "cs101", "GPUHUB_LAB_NAME": LAB_NAME, "GPUHUB_VERSION": "origin"}
+    tokens = {}
+
+    def prepare(stack):
+        tokens["tokens"] = add_service(stack, "e2e-tokens", ["read:tokens"],
+                                       "a token that may read users' API tokens (and nothing else)")
+
+    with oidc_deployment(tmp_path_factory, docker_client, "gpuhuborigin", ACCOUNTS, env, prepare,
+                         subdomains=True) as deployment:
+        wait_for(lambda: requests.get(f"{deployment.url}/hub/health", verify=False, timeout=5).ok,
+                 60, f"the hub through the proxy at {deployment.url}")
+        deployment.tokens_token = tokens["tokens"]
+        yield deployment
 
 
 class OriginStudent(Student):
-    """Student (test_browser_login) who may also reach *.localhost, the users' servers."""
+    """Student (tests/e2e/browser.py) who may also reach *.localhost, the users' servers."""
 
     def __init__(self, browser, deployment):
-        super().__init__(browser, deployment)
+        super().__init__(browser, deployment, also=lambda host: host.endswith(".localhost"))
         self.deployment = deployment
-        self.context.unroute("**/*")
-        allowed = {"127.0.0.1", "localhost", urlparse(self.provider.issuer).hostname}
-
-        def guard(route):
-            host = urlparse(route.request.url).hostname or ""
-            if host in allowed or host.endswith(".localhost"):
-                route.continue_()
-            else:
-                self.blocked.append(route.request.url)
-                route.abort()
-        self.context.route("**/*", guard)
-        self.failed = []
-        self.context.on("requestfailed", lambda r: self.failed.append(f"{r.url}: {r.failure}"))
-
-    def diagnostics(self):
-        return f"failed requests: {self.failed[-20:]}\n{super().diagnostics()}"
 
     def shot(self, name, page=None):
         super().shot(f"origin-{name}", page)
@@ -155,7 +85,7 @@ def new_student(browser, origin_stack):
 
 def sign_in(student, user):
     page = student.page
-    page.goto(f"{student.url}/hub/login")
+    goto(student, f"{student.url}/hub/login")
     page.get_by_role("button", name="Sign in with single sign-on").click()
     page.wait_for_url(f"{student.provider.issuer}/interaction/**")
     page.fill("#login", user)
@@ -169,69 +99,8 @@ def server_origin(deployment, user):
     return deployment.url
 
 
-NETWORK_CHANGED = "net::ERR_NETWORK_CHANGED"
-
-
-class NetworkChanged(Exception):
-    pass
-
-
-def steadily(student, action, what, attempts=3):
-    """Run a browser step again when Chromium dropped requests because the host's network
-    changed: Docker adds a network interface for every container it starts (on this shared
-    engine, other runs' too), and Chromium then aborts requests in flight with
-    ERR_NETWORK_CHANGED. Any other failure fails at once. `action(attempt)` gets 0, 1, ..."""
-    for attempt in range(attempts):
-        mark = len(student.failed)
-        try:
-            result = action(attempt)
-            if any(NETWORK_CHANGED in f for f in student.failed[mark:]):
-                raise NetworkChanged(student.failed[mark:])
-            return result
-        except Exception:
-            if attempt + 1 == attempts or not any(NETWORK_CHANGED in f
-                                                  for f in student.failed[mark:]):
-                raise
-            print(f"\n{what}: Chromium saw the network change (a container started); again")
-
-
 def open_lab(student, user):
-    """After signing in, the hub starts the server and its spawn page sends the browser on
-    to JupyterLab (a student whose page stalls reloads: so does the test)."""
-    stack = student.deployment.stack
-    wait_for(lambda: stack.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"),
-             240, f"{user}'s server to be ready")
-    url = f"{server_origin(student.deployment, user)}/user/{user}/lab"
-
-    def arrive(attempt):
-        if attempt:
-            student.page.goto(url + "?reset")  # JupyterLab with the launcher, no tabs restored
-        student.page.wait_for_url(url + "**", timeout=60_000)
-        student.page.locator(".jp-LauncherCard").first.wait_for(timeout=120_000)
-    steadily(student, arrive, f"{user}'s JupyterLab")
-    dismiss_news_toast(student.page)
-
-
-def run_a_cell(student, code):
-    """A new notebook from the launcher, one cell run by the kernel; its output."""
-    page = student.page
-
-    def run(attempt):
-        if attempt:
-            page.goto(page.url.split("/lab")[0] + "/lab?reset")
-            page.locator(".jp-LauncherCard").first.wait_for(timeout=120_000)
-        page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
-        editor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first
-        editor.wait_for(timeout=60_000)
-        # the kernel must be up: a cell run before it is connected is silently not run
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-        editor.click()
-        page.keyboard.type(code)
-        page.keyboard.press("Shift+Enter")
-        output = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first
-        output.wait_for(timeout=120_000)
-        return output.inner_text().strip()
-    return steadily(student, run, "the notebook")
+    browser_helpers.open_lab(student, user, server_origin(student.deployment, user))
 
 
 def served_certificate(port, server_name):

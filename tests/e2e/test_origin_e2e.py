@@ -27,11 +27,8 @@ USER_CONFIG = ("open('/home/jovyan/user-config-was-loaded', 'w').write('yes')\n"
 def subdomain_stack(tmp_path_factory, docker_client, standin_bases):
     s = make_stack(tmp_path_factory, docker_client, "gpuhubsub", real_traefik=False,
                    extra_env={"GPUHUB_USER_SUBDOMAINS": "true"})
-    try:
-        s.up()
+    with s.running():
         yield s
-    finally:
-        s.down()
 
 
 def test_routes_are_host_rules_and_stay_valid_traefik_configuration(subdomain_stack):

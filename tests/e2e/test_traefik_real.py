@@ -108,11 +108,8 @@ def traefik_subdomain_stack(tmp_path_factory, docker_client, standin_bases):
                     "configurable-http-proxy instead")
     s = make_stack(tmp_path_factory, docker_client, "gpuhubtraefiksub", real_traefik=True,
                    extra_env={"GPUHUB_USER_SUBDOMAINS": "true"})
-    try:
-        s.up()
+    with s.running():
         yield s
-    finally:
-        s.down()
 
 
 def via_traefik(stack, host, method, path, **kwargs):

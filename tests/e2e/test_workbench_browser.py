@@ -16,18 +16,14 @@ the CPU and the GPU panels have no device to show.
 
 import json
 import re
-import secrets
-import time
-from types import SimpleNamespace
 
 import pytest
 import requests
 import yaml
 
-from .stack import Stack, free_port, image_exists, traefik_image, wait_for
-from .test_browser_login import (CHP_CONFIG, LAB_NAME, SCREENSHOTS, OidcProvider, Student, browser,  # noqa: F401
-                                 dismiss_news_toast, free_users_subnet, install_provider,
-                                 sign_in_through_sso)
+from .browser import Student, add_service, browser, dismiss_news_toast, oidc_deployment, steadily  # noqa: F401
+from .stack import wait_for
+from .test_browser_login import ACCOUNTS, LAB_NAME, sign_in_through_sso
 
 pytestmark = pytest.mark.e2e
 
@@ -72,65 +68,33 @@ print("trained", len(history.history["loss"]), "epochs")
 @pytest.fixture(scope="module")
 def workbench_stack(tmp_path_factory, docker_client, standin_bases):
     """As test_browser_login's browser_stack, with a GPU course as the only course."""
-    install_provider()
-    real_traefik = image_exists(docker_client, traefik_image())
-    workdir = tmp_path_factory.mktemp("gpuhubworkbench")
-    subnet = free_users_subnet(docker_client)
-    provider = OidcProvider(workdir, str(subnet.network_address + 1), free_port())
-    env = {"AUTH_PROVIDER": "oidc", "OIDC_ISSUER": provider.issuer,
-           "OAUTH_CLIENT_ID": provider.client_id, "OAUTH_CLIENT_SECRET": provider.client_secret,
-           "OIDC_SCOPES": "openid profile groups", "GPUHUB_ALLOWED_GROUPS": "cs101",
-           "GPUHUB_LAB_NAME": LAB_NAME, "GPUHUB_E2E_USERS_SUBNET": str(subnet),
+    env = {"GPUHUB_ALLOWED_GROUPS": "cs101", "GPUHUB_LAB_NAME": LAB_NAME,
            "GPUHUB_VERSION": "workbench",
            # listed: the Docker API guard cannot ask NVML, it allows only listed GPUs; the
            # hub still takes their names and memory from (the fake) NVML
            "GPUHUB_GPUS": ",".join(GPUS), "GPUHUB_GPU_MODE": "exclusive",
            "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml"}
-    if not real_traefik:
-        chp_port = free_port()
-        env.update({"CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
-                    "GPUHUB_E2E_CHP_PORT": str(chp_port),
-                    "GPUHUB_PROXY_SERVICES": "chp",
-                    "OAUTH_CALLBACK_URL": f"http://127.0.0.1:{chp_port}/hub/oauth_callback"})
-    stack = Stack(workdir / "repo", docker_client, "gpuhubworkbench", real_traefik, env)
-    stack.files += ["-f", "tests/e2e/oidc/compose.users-subnet.yml"]
-    (stack.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
-        {"slug": "deep-learning", "display_name": "Deep learning", "default": True,
-         "description": "TensorFlow 2.9 with one GPU", "image": stack.env["GPUHUB_USER_IMAGE"],
-         "gpus": 1}]}))
-    tokens_token = secrets.token_hex(16)
-    (stack.dir / "jupyterhub_config.d" / "91-e2e-tokens.py").write_text(
-        "# written by the workbench browser test: a token that may issue student2's tokens\n"
-        f"c.JupyterHub.services.append({{'name': 'e2e-tokens', 'api_token': {tokens_token!r}}})\n"
-        "c.JupyterHub.load_roles.append({'name': 'e2e-tokens', 'services': ['e2e-tokens'], "
-        "'scopes': ['tokens!user=student2', 'access:servers!user=student2', 'read:users!user=student2']})\n")
-    (stack.dir / "fake-nvml").mkdir()
-    (stack.dir / "fake-nvml" / "pynvml.py").write_text(
-        FAKE_NVML.format(uuids=GPUS, name=FAKE_NAME, memory=FAKE_MEMORY_MIB))
-    (stack.dir / "compose.fake-nvml.yml").write_text(FAKE_NVML_COMPOSE)
-    stack.files += ["-f", "compose.fake-nvml.yml"]
-    if real_traefik:
-        public_url = stack.hub_url
-    else:
-        public_url = f"http://127.0.0.1:{chp_port}"
-        stack.files += ["-f", "tests/e2e/chp/compose.chp.yml"]
-        (stack.dir / "jupyterhub_config.d" / "95-e2e-chp.py").write_text(
-            CHP_CONFIG.format(public_url=public_url + "/"))
-        print("\nNOTE: no traefik:v3 image on this machine: configurable-http-proxy "
-              "(tests/e2e/chp) replaces the proxy service.")
-    started = time.monotonic()
-    try:
-        stack.compose("build")
-        print(f"images built in {time.monotonic() - started:.0f}s")
-        stack.compose("up", "--no-start")
-        provider.start(f"{public_url}/hub/oauth_callback")
-        stack.compose("up", "-d")
-        stack.wait_healthy()
-        yield SimpleNamespace(stack=stack, url=public_url, provider=provider,
-                              auth_state_token=None, tokens_token=tokens_token)
-    finally:
-        provider.stop()
-        stack.down()
+    tokens = {}
+
+    def prepare(stack):
+        (stack.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
+            {"slug": "deep-learning", "display_name": "Deep learning", "default": True,
+             "description": "TensorFlow 2.9 with one GPU", "image": stack.env["GPUHUB_USER_IMAGE"],
+             "gpus": 1}]}))
+        tokens["tokens"] = add_service(
+            stack, "e2e-tokens", ["tokens!user=student2", "access:servers!user=student2",
+                                  "read:users!user=student2"],
+            "a token that may issue student2's tokens")
+        (stack.dir / "fake-nvml").mkdir()
+        (stack.dir / "fake-nvml" / "pynvml.py").write_text(
+            FAKE_NVML.format(uuids=GPUS, name=FAKE_NAME, memory=FAKE_MEMORY_MIB))
+        (stack.dir / "compose.fake-nvml.yml").write_text(FAKE_NVML_COMPOSE)
+        stack.files += ["-f", "compose.fake-nvml.yml"]
+
+    with oidc_deployment(tmp_path_factory, docker_client, "gpuhubworkbench", ACCOUNTS, env,
+                         prepare) as deployment:
+        deployment.tokens_token = tokens["tokens"]
+        yield deployment
 
 
 @pytest.fixture
@@ -198,8 +162,11 @@ def test_student_trains_a_model_and_watches_it_in_tensorboard(student):
 
         # a notebook that trains a tiny Keras model, logging for TensorBoard
         write_notebook(container, "/home/jovyan/train.ipynb", TRAIN)
-        page.goto(f"{student.url}/user/student1/lab/tree/train.ipynb")
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)
+
+        def open_notebook(attempt):
+            page.goto(f"{student.url}/user/student1/lab/tree/train.ipynb")
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=180_000)
+        steadily(student, open_notebook, "the training notebook")
         page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first.click()
         page.keyboard.press("Shift+Enter")
         output = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output",
