@@ -34,7 +34,7 @@ SETTINGS = ("GPUHUB_USER_IMAGE", "GPUHUB_NOTEBOOK_DIR",
             "GPUHUB_CONTAINER_PREFIX", "GPUHUB_VOLUME_PREFIX", "GPUHUB_CONTAINER_USER",
             "GPUHUB_STATE_DIR", "GPUHUB_USERNAME_PATTERN", "GPUHUB_CATALOG", "GPUHUB_GPUS",
             "GPUHUB_GPU_MODE", "GPUHUB_GPU_MAX_USERS", "GPUHUB_GPU_GROUP_CAPS",
-            "GPUHUB_HOME_QUOTA")
+            "GPUHUB_HOME_QUOTA", "GPUHUB_DB_URL")
 
 
 class CliError(Exception):
@@ -220,16 +220,20 @@ def copy_database(db_url, dest_dir):
     (a snapshot even while the hub writes), or pg_dump for PostgreSQL. Returns its path."""
     if db_url.startswith("sqlite:///"):
         dest = os.path.join(dest_dir, "jupyterhub.sqlite")
-        source = sqlite3.connect(f"file:{db_url.removeprefix('sqlite:///')}?mode=ro", uri=True)
-        target = sqlite3.connect(dest)
+        path = db_url.removeprefix("sqlite:///")
         try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            target = sqlite3.connect(dest)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+                source.close()
+        except sqlite3.Error as e:
+            raise CliError(f"cannot copy the hub's database {path} to {dest}: {e}") from None
         return dest
     if db_url.startswith(("postgresql", "postgres")):
-        # untested here: no PostgreSQL in this stack yet (the pg profile adds it)
+        # pg_dump is in the hub image; the password comes as PGPASSWORD (compose)
         dest = os.path.join(dest_dir, "jupyterhub.sql")
         url = db_url.replace("postgresql+psycopg2://", "postgresql://")
         with open(dest, "wb") as f:

@@ -130,3 +130,16 @@ def test_the_over_quota_message_says_how_much_and_what_to_delete():
                                          [("checkpoints", 9 * 2**30), (".cache", 2**30)])
     assert "uses 12.0G, over its quota of 10.0G" in message
     assert "~/checkpoints 9.0G; ~/.cache 1.0G" in message
+
+
+def test_the_cli_reads_the_hubs_database_url(tmp_path):
+    """A PostgreSQL hub: backup-all and the allocator use GPUHUB_DB_URL, not the SQLite
+    file of the state folder (found by the e2e test on PostgreSQL)."""
+    ctx = admin.Context({**ENV, "GPUHUB_STATE_DIR": str(tmp_path),
+                         "GPUHUB_DB_URL": "postgresql://gpuhub@postgres:5432/gpuhub"})
+    assert ctx.db_url == "postgresql://gpuhub@postgres:5432/gpuhub"
+
+
+def test_an_unreadable_sqlite_database_is_a_clear_error(tmp_path):
+    with pytest.raises(admin.CliError, match="cannot copy the hub's database"):
+        admin.copy_database(f"sqlite:///{tmp_path}/missing/jupyterhub.sqlite", str(tmp_path))

@@ -7,6 +7,7 @@ nothing asks NVML). One stack for the essential checks: JupyterHub's and the all
 tables in PostgreSQL, a spawn, a GPU race, hub restarts (also with the database down
 first), and what a student reaches of the database: nothing."""
 
+import json
 import secrets
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -180,3 +181,21 @@ def test_the_move_command_runs_in_the_hub_image_and_refuses_a_used_database(pg_s
     assert result.returncode == 1, result.stdout + result.stderr
     assert "nothing moved: the target database is not empty" in result.stderr, result.stderr
     assert ["ada"] in psql(s, "SELECT name FROM users"), "the hub's database is as it was"
+
+
+def test_backup_all_dumps_the_postgresql_database(pg_stack):
+    """`gpuhub backup-all DIR` on a PostgreSQL hub: pg_dump (in the hub image, with the
+    password compose gives the hub as PGPASSWORD) writes the hub's tables and rows."""
+    s = pg_stack
+    try:
+        result = s.compose("exec", "-T", "hub", "gpuhub", "backup-all", "/tmp/backup", "--json",
+                           check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        manifest = json.loads(result.stdout)
+        assert manifest["database"] == "/tmp/backup/jupyterhub.sql", manifest
+        dump = s.compose("exec", "-T", "hub", "cat", manifest["database"]).stdout
+    finally:
+        s.compose("exec", "-T", "hub", "rm", "-rf", "/tmp/backup", check=False)
+    assert "CREATE TABLE public.users (" in dump
+    rows = dump.split("COPY public.users ", 1)[1].split("\\.\n", 1)[0].splitlines()[1:]
+    assert "ada" in [row.split("\t")[1] for row in rows], rows
