@@ -4,6 +4,7 @@ workers advertise fake GPU UUIDs as the generic resource NVIDIA-GPU (`node-gener
 in their daemon.json), which is all the hub reads; the no-op nvidia hook is on their PATH."""
 
 import asyncio
+import json
 import shutil
 import subprocess
 import types
@@ -324,6 +325,36 @@ def test_the_hub_on_the_manager_spawns_a_students_jupyter_server_on_a_worker(swa
     wait_for(lambda: not m.client.api.services(filters={"name": f"{stack.prefix}-ann"}), 60,
              "ann's service to be removed")
     assert stack.api("GET", "/gpus").json()["in_use"] == 0
+
+
+def test_attacks_from_the_hub_through_the_guard_on_the_manager_are_refused(swarm, swarm_hub):
+    """What the hub's engine access allows on the swarm, seen from the hub container
+    itself: no service but a locked-down gpuhub server, no swarm or node control."""
+    from .test_guard_e2e import from_hub
+    stack, m = swarm_hub, swarm.manager
+    worker = swarm.workers[0].node_id()
+    image = stack.env["GPUHUB_USER_IMAGE"]
+
+    def service(name, **fields):
+        return ("POST", "/v1.41/services/create", json.dumps({
+            "Name": name, "TaskTemplate": {"ContainerSpec": {"Image": image}}, **fields}))
+    attacks = [
+        ("name-prefix", service("evil")),
+        ("one-replica", service(f"{stack.prefix}-a1", Mode={"Global": {}})),
+        ("no-published-ports", service(f"{stack.prefix}-a2", EndpointSpec={
+            "Ports": [{"TargetPort": 22, "PublishedPort": 2222}]})),
+        # the join tokens (a node of one's own), leaving, a node's removal
+        ("no-swarm", ("GET", "/v1.41/swarm", None)),
+        ("no-swarm", ("POST", "/v1.41/swarm/leave?force=1", None)),
+        ("no-swarm", ("DELETE", f"/v1.41/nodes/{worker}?force=1", None)),
+    ]
+    answers = from_hub(stack, [call for _, call in attacks])
+    for (rule, call), (status, body) in zip(attacks, answers):
+        assert status == 403, (call[:2], status, body)
+        assert json.loads(body)["message"].endswith(f"(rule: {rule})"), (call[:2], body)
+    made = [sv["Spec"]["Name"] for sv in m.client.api.services()]
+    assert not [n for n in made if n == "evil" or n.startswith(f"{stack.prefix}-a")], made
+    assert swarm.ready_nodes() == len(swarm.nodes)
 
 
 async def test_stopping_a_worker_frees_its_gpus_and_its_students_start_again_elsewhere(
