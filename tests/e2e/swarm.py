@@ -261,3 +261,46 @@ class Swarm:
         unmount(lambda m: m.startswith(f"{self.root}/"))
         run("rm", "-rf", "--one-file-system", str(self.root), check=False, timeout=300)
         print(f"swarm: torn down in {time.monotonic() - t0:.0f}s")
+
+
+def load_images(images, nodes, workdir):
+    """`docker save` the host's `images` once into `workdir`, then `docker load` them into
+    every node of `nodes` at once (the user image is several GB)."""
+    archive = Path(workdir) / "images.tar"
+    run("docker", "save", "-o", str(archive), *images, timeout=900)
+    try:
+        loads = [subprocess.Popen(["docker", "-H", node.url, "load", "-q", "-i", str(archive)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for node in nodes]
+        for node, load in zip(nodes, loads):
+            _, err = load.communicate(timeout=900)
+            if load.returncode:
+                raise RuntimeError(f"loading {images} into {node.name} failed: {err}")
+    finally:
+        archive.unlink()
+
+
+def netns_request(node, method, url, headers=None, json_body=None, timeout=30):
+    """An HTTP request from inside `node`'s network namespace (where the bridge networks of
+    its containers are; the host's namespace has no route to them), with curl."""
+    cmd = ["nsenter", f"--net=/var/run/netns/{node.name}", "curl", "-sS", "-k", "-X", method,
+           "--max-time", str(timeout), "-w", "\n%{http_code}"]
+    for key, value in (headers or {}).items():
+        cmd += ["-H", f"{key}: {value}"]
+    if json_body is not None:
+        cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(json_body)]
+    out = run(*cmd, url, timeout=timeout + 10).stdout
+    text, _, code = out.rpartition("\n")
+    return Response(int(code), text)
+
+
+class Response:
+    """What tests/e2e/stack.py reads of a requests.Response."""
+
+    def __init__(self, status_code, text):
+        self.status_code = status_code
+        self.text = text
+        self.ok = 200 <= status_code < 400
+
+    def json(self):
+        return json.loads(self.text)

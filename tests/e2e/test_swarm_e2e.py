@@ -4,6 +4,7 @@ workers advertise fake GPU UUIDs as the generic resource NVIDIA-GPU (`node-gener
 in their daemon.json), which is all the hub reads; the no-op nvidia hook is on their PATH."""
 
 import asyncio
+import json
 import shutil
 import subprocess
 import types
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .stack import RUN_ID, wait_for
-from .swarm import Swarm
+from .stack import RUN_ID, Stack, wait_for
+from .swarm import Swarm, load_images, netns_request
 
 pytestmark = pytest.mark.e2e
 
@@ -229,6 +230,131 @@ async def test_a_students_files_survive_a_stop_and_a_start_in_pinned_home_mode(s
                                         check=False).stdout
     wait_for(lambda: "my thesis" in logs(), 60, "the second server to read the first's file")
     await again.stop()
+
+
+# -- The hub container itself on the manager (docker-compose.yml with docker-compose.swarm.yml,
+# -- images built on this machine's engine and loaded into the nodes), Docker only through
+# -- the guard, a real Jupyter server from the test user image on a worker. The hub's API
+# -- and the proxy are reached from inside the manager's network namespace (the host has no
+# -- route to the bridge networks there). Traefik's API is the stand-in (no traefik:v3 here).
+
+class SwarmStack(Stack):
+    """A Stack whose images are built on this machine's engine and whose containers run
+    on the swarm's manager, with the guard holding the manager's engine socket."""
+
+    def __init__(self, workdir, swarm_, extra_env):
+        self.swarm = swarm_
+        self.docker_host = None  # the build: this machine's engine
+        super().__init__(workdir, swarm_.manager.client, "gpuhubswarm", real_traefik=False,
+                         extra_env=extra_env)
+        (self.dir / "swarm-node.yml").write_text(
+            "# written by tests/e2e/test_swarm_e2e.py: the guard holds the manager's socket\n"
+            "services:\n  guard:\n    volumes:\n"
+            f"      - {swarm_.manager.sock}:/var/run/docker.sock\n")
+        self.files += ["-f", "docker-compose.swarm.yml", "-f", "swarm-node.yml"]
+
+    def compose(self, *args, **kwargs):
+        saved = dict(self.env)
+        if self.docker_host:
+            self.env["DOCKER_HOST"] = self.docker_host
+        try:
+            return super().compose(*args, **kwargs)
+        finally:
+            self.env = saved
+
+    def up(self):
+        self.compose("build", "hub", "guard", "user-image")
+        version = self.env["GPUHUB_VERSION"]
+        load_images([f"gpuhub/hub:{version}", f"gpuhub/guard:{version}",
+                     self.env["GPUHUB_USER_IMAGE"]], self.swarm.nodes, self.dir)
+        self.docker_host = self.swarm.manager.url
+        self.compose("up", "-d", "--no-build", "proxy")
+        self.wait_healthy()
+
+    def api(self, method, path, json=None, **kwargs):
+        return netns_request(self.swarm.manager, method, f"{self.hub_url}/hub/api{path}",
+                             headers={"Authorization": f"token {self.token}"}, json_body=json)
+
+    def server_api(self, user, path, method="GET", **kwargs):
+        return netns_request(self.swarm.manager, method, self.server_url(user) + path,
+                             headers={"Authorization": f"token {self.token}"})
+
+
+@pytest.fixture(scope="module")
+def swarm_hub(swarm, hub_side, tmp_path_factory):
+    all_gpus = [g for uuids in GPUS.values() for g in uuids]
+    s = SwarmStack(tmp_path_factory.mktemp("swarmhub"), swarm, {
+        "GPUHUB_MODE": "swarm", "GPUHUB_SWARM_NETWORK": "gpuhub-swarm",
+        "GPUHUB_SWARM_HOMES": "pinned", "GPUHUB_GPUS": ",".join(all_gpus),
+        "GPUHUB_CATALOG": "/srv/gpuhub/catalog/swarm.yaml"})
+    (s.dir / "catalog" / "swarm.yaml").write_text(
+        "courses:\n  - slug: dl\n    display_name: Deep learning\n"
+        f"    image: {s.env['GPUHUB_USER_IMAGE']}\n    gpus: 1\n")
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+
+
+def test_the_hub_on_the_manager_spawns_a_students_jupyter_server_on_a_worker(swarm, swarm_hub):
+    """Through the hub's REST API only: the hub container on the manager (Docker through
+    the guard) starts the student's server as a Swarm service whose task runs on a worker,
+    on its GPU's node and seeing only that GPU; Jupyter answers through the proxy over the
+    overlay; a stop removes the service and frees the GPU."""
+    m, stack = swarm.manager, swarm_hub
+    assert stack.api("POST", "/users/ann").status_code in (201, 409)
+    stack.start_server("ann", timeout=240, course="dl")
+    services = m.client.api.services(filters={"name": f"{stack.prefix}-ann"})
+    assert len(services) == 1, services
+    tasks = [t for t in m.client.api.tasks(filters={"service": services[0]["ID"]})
+             if t["Status"]["State"] == "running"]
+    assert len(tasks) == 1, tasks
+    workers = {w.node_id() for w in swarm.workers}
+    assert tasks[0]["NodeID"] in workers
+    gpus = stack.api("GET", "/gpus").json()
+    held = [g for g in gpus["gpus"] if any(h["user"] == "ann" for h in g["holders"])]
+    assert gpus["in_use"] == 1 and len(held) == 1, gpus
+    env = container_env(swarm, tasks[0])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == held[0]["uuid"], (env, held)
+    assert held[0]["uuid"] in GPUS[1 + [w.node_id() for w in swarm.workers].index(tasks[0]["NodeID"])]
+    # Jupyter itself, through the proxy, over the overlay
+    r = stack.server_api("ann", "/api/status")
+    assert r.status_code == 200 and "started" in r.json(), r.text
+    stack.stop_server("ann")
+    wait_for(lambda: not m.client.api.services(filters={"name": f"{stack.prefix}-ann"}), 60,
+             "ann's service to be removed")
+    assert stack.api("GET", "/gpus").json()["in_use"] == 0
+
+
+def test_attacks_from_the_hub_through_the_guard_on_the_manager_are_refused(swarm, swarm_hub):
+    """What the hub's engine access allows on the swarm, seen from the hub container
+    itself: no service but a locked-down gpuhub server, no swarm or node control."""
+    from .test_guard_e2e import from_hub
+    stack, m = swarm_hub, swarm.manager
+    worker = swarm.workers[0].node_id()
+    image = stack.env["GPUHUB_USER_IMAGE"]
+
+    def service(name, **fields):
+        return ("POST", "/v1.41/services/create", json.dumps({
+            "Name": name, "TaskTemplate": {"ContainerSpec": {"Image": image}}, **fields}))
+    attacks = [
+        ("name-prefix", service("evil")),
+        ("one-replica", service(f"{stack.prefix}-a1", Mode={"Global": {}})),
+        ("no-published-ports", service(f"{stack.prefix}-a2", EndpointSpec={
+            "Ports": [{"TargetPort": 22, "PublishedPort": 2222}]})),
+        # the join tokens (a node of one's own), leaving, a node's removal
+        ("no-swarm", ("GET", "/v1.41/swarm", None)),
+        ("no-swarm", ("POST", "/v1.41/swarm/leave?force=1", None)),
+        ("no-swarm", ("DELETE", f"/v1.41/nodes/{worker}?force=1", None)),
+    ]
+    answers = from_hub(stack, [call for _, call in attacks])
+    for (rule, call), (status, body) in zip(attacks, answers):
+        assert status == 403, (call[:2], status, body)
+        assert json.loads(body)["message"].endswith(f"(rule: {rule})"), (call[:2], body)
+    made = [sv["Spec"]["Name"] for sv in m.client.api.services()]
+    assert not [n for n in made if n == "evil" or n.startswith(f"{stack.prefix}-a")], made
+    assert swarm.ready_nodes() == len(swarm.nodes)
 
 
 async def test_stopping_a_worker_frees_its_gpus_and_its_students_start_again_elsewhere(
