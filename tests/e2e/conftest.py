@@ -41,6 +41,9 @@ CPU_AND_GPU_COURSES = [
     {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
      "gpus": 1, "allow_cpu": True},
 ]
+# the same, but a student without a GPU is refused, not given a CPU server
+CPU_AND_GPU_ONLY_COURSES = [CPU_AND_GPU_COURSES[0],
+                            {k: v for k, v in CPU_AND_GPU_COURSES[1].items() if k != "allow_cpu"}]
 
 
 def make_gpu_stack(tmp_path_factory, docker_client, name, gpus, courses, extra_env=None):

@@ -200,6 +200,23 @@ class Stack:
         finally:
             self.down()
 
+    def gpu_holders(self):
+        """user -> the GPU the hub says it holds (GET /hub/api/gpus)."""
+        r = self.api("GET", "/gpus")
+        assert r.status_code == 200, r.text
+        return {h["user"]: gpu["uuid"] for gpu in r.json()["gpus"] for h in gpu["holders"]}
+
+    def running_gpu_containers(self):
+        """user -> the GPU its running container got from Docker."""
+        found = {}
+        for c in self.client.containers.list(filters={"label": "org.gpuhub.user"}):
+            if c.name.startswith(self.prefix):
+                ids = [i for r in c.attrs["HostConfig"].get("DeviceRequests") or []
+                       for i in r.get("DeviceIDs") or []]
+                if ids:
+                    found[c.labels["org.gpuhub.user"]] = ids[0]
+        return found
+
     def container(self, service):
         found = self.client.containers.list(all=True, filters={
             "label": [f"com.docker.compose.project={self.project}",

@@ -9,7 +9,6 @@ import json
 import subprocess
 
 import pytest
-import yaml
 
 from .stack import compose_command, free_subnet, wait_for
 
@@ -32,28 +31,16 @@ LIST_FILES = (f"cd ~ && find {MINE} -printf '%p %y %m %U:%G %l\\n' | LC_ALL=C so
 
 @pytest.fixture(scope="module")
 def cli_stack(tmp_path_factory, docker_client, standin_bases):
-    from .conftest import make_stack
-    s = make_stack(tmp_path_factory, docker_client, "gpuhubcli", real_traefik=False, extra_env={
-        "GPUHUB_GPUS": GPU,
-        "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
+    from .conftest import CPU_AND_GPU_ONLY_COURSES, make_gpu_stack
+    with make_gpu_stack(tmp_path_factory, docker_client, "gpuhubcli", [GPU],
+                        CPU_AND_GPU_ONLY_COURSES, {
         "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
         "GPUHUB_HOME_QUOTA": f"{QUOTA_MB}m",
         # a pool of its own: other checkouts' stacks on this engine fill 10.128.0.0/16
         "GPUHUB_SERVER_SUBNETS": str(free_subnet(docker_client, "10.{}.0.0/16",
                                                  "the servers' networks")),
-    })
-    image = s.env["GPUHUB_USER_IMAGE"]
-    (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
-        {"slug": "cpu", "display_name": "CPU only", "description": "No GPU",
-         "image": image, "default": True, "gpus": 0},
-        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
-         "image": image, "gpus": 1},
-    ]}))
-    try:
-        s.up()
+    }).running() as s:
         yield s
-    finally:
-        s.down()
 
 
 def gpuhub(stack, *args, input=None):

@@ -32,24 +32,6 @@ def server(stack, user):
     return stack.api("GET", f"/users/{user}").json()["servers"].get("")
 
 
-def holders(stack):
-    r = stack.api("GET", "/gpus")
-    assert r.status_code == 200, r.text
-    return {h["user"]: gpu["uuid"] for gpu in r.json()["gpus"] for h in gpu["holders"]}
-
-
-def running_gpu_containers(stack):
-    """user -> the GPU its running container got from Docker."""
-    found = {}
-    for c in stack.client.containers.list(filters={"label": "org.gpuhub.user"}):
-        if c.name.startswith(stack.prefix):
-            ids = [i for r in c.attrs["HostConfig"].get("DeviceRequests") or []
-                   for i in r.get("DeviceIDs") or []]
-            if ids:
-                found[c.labels["org.gpuhub.user"]] = ids[0]
-    return found
-
-
 def kill_hub_while_starting(stack, users, course="deep-learning"):
     """Ask for the users' servers at once; SIGKILL the hub as soon as each has a running
     container (its spawn in flight: start() waits for the server to answer); start the
@@ -108,7 +90,7 @@ def test_spawns_cut_short_by_a_hub_crash_are_adopted_or_stopped_within_30s(fault
             states = {u: server(s, u) for u in users}
         except requests.RequestException:
             return False  # the hub is still starting
-        return all((st is None and s.user_container(u) is None and u not in holders(s))
+        return all((st is None and s.user_container(u) is None and u not in s.gpu_holders())
                    or (st or {}).get("ready") for u, st in states.items())
     try:
         wait_for(settled, 30, "the spawns cut short to be adopted or stopped")
@@ -116,11 +98,11 @@ def test_spawns_cut_short_by_a_hub_crash_are_adopted_or_stopped_within_30s(fault
         raise AssertionError(f"{e}\n{s.logs('hub')[-5000:]}") from None
     outcome = {u: "adopted" if server(s, u) else "stopped, GPU freed" for u in users}
     print(f"settled {time.monotonic() - started:.1f} s after the hub's restart: {outcome}")
-    assert holders(s) == running_gpu_containers(s)
+    assert s.gpu_holders() == s.running_gpu_containers()
     for u in users:  # and the students start again
         if server(s, u) is None:
             s.start_server(u, course="deep-learning")
-    assert holders(s) == running_gpu_containers(s)
+    assert s.gpu_holders() == s.running_gpu_containers()
     for u in users:
         r = requests.get(f"{s.server_url(u)}/api", timeout=30)
         assert r.status_code == 200, r.text
@@ -135,7 +117,7 @@ def test_a_server_cut_short_can_be_stopped_during_the_check(fault_stack):
     wait_for(lambda: s.api("GET", "/").ok, 30, "the hub's API after the restart", interval=0.1)
     r = s.api("DELETE", "/users/crash3/server")
     assert r.status_code in (202, 204), f"{r.status_code} {r.text}\n{s.logs('hub')[-3000:]}"
-    wait_for(lambda: server(s, "crash3") is None and "crash3" not in holders(s)
+    wait_for(lambda: server(s, "crash3") is None and "crash3" not in s.gpu_holders()
              and s.user_container("crash3") is None, 30, "the server to stop and free its GPU")
     print(f"stopped and GPU freed {time.monotonic() - started:.1f} s after the hub's restart")
 
@@ -191,6 +173,6 @@ def test_hub_killed_during_a_burst_of_20(fault_stack):
     wait_for(settle_and_start, 120, "every student of the burst to have a server", interval=2)
     print(f"all {len(burst)} students have a server {time.monotonic() - started:.1f} s "
           "after the hub answered again")
-    assert holders(s) == running_gpu_containers(s)
+    assert s.gpu_holders() == s.running_gpu_containers()
     for u in burst:
         s.api("DELETE", f"/users/{u}/server")

@@ -13,7 +13,6 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import yaml
 
 from .stack import free_subnet, wait_for
 
@@ -25,36 +24,21 @@ PASSWORD = secrets.token_hex(16)
 
 @pytest.fixture(scope="module")
 def pg_stack(tmp_path_factory, docker_client, standin_bases):
-    from .conftest import make_stack
+    from .conftest import CPU_AND_GPU_ONLY_COURSES, make_gpu_stack
     # an address pool of its own for the servers' networks: stacks of other runs on this
     # engine take /28s of the default 10.128.0.0/16 too
     pool = free_subnet(docker_client, "10.{}.0.0/16", "the servers' address pool")
     assert str(pool) != "10.254.0.0/16", "10.254.0.0/16 holds the control networks"
-    s = make_stack(tmp_path_factory, docker_client, "gpuhubpg", real_traefik=False, extra_env={
+    with make_gpu_stack(tmp_path_factory, docker_client, "gpuhubpg", GPUS,
+                        CPU_AND_GPU_ONLY_COURSES, {
         "GPUHUB_SERVER_SUBNETS": str(pool),
         "COMPOSE_PROFILES": "postgres",
         "GPUHUB_DB_URL": "postgresql://gpuhub@postgres:5432/gpuhub",
         "GPUHUB_POSTGRES_PASSWORD": PASSWORD,
-        "GPUHUB_GPUS": ",".join(GPUS),
-        "GPUHUB_CATALOG": "/srv/gpuhub/catalog/catalog.yaml",
         # no line: the race is about who gets a GPU and who is refused
         "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
-    })
-    image = s.env["GPUHUB_USER_IMAGE"]
-    (s.dir / "catalog" / "catalog.yaml").write_text(yaml.safe_dump({"courses": [
-        {"slug": "cpu", "display_name": "CPU only", "description": "No GPU",
-         "image": image, "default": True, "gpus": 0},
-        {"slug": "deep-learning", "display_name": "Deep learning", "description": "One GPU",
-         "image": image, "gpus": 1},
-    ]}))
-    try:
-        s.up()
+    }).running() as s:
         yield s
-    finally:
-        s.down()
-        # the servers' own networks (hub/networks.py) of servers removed with the stack
-        for network in docker_client.networks.list(filters={"name": s.prefix}):
-            network.remove()
 
 
 def psql(stack, query):
@@ -66,23 +50,6 @@ def psql(stack, query):
     return [line.split("|") for line in out.decode().splitlines() if line]
 
 
-def holders(stack):
-    r = stack.api("GET", "/gpus")
-    assert r.status_code == 200, r.text
-    return {h["user"]: gpu["uuid"] for gpu in r.json()["gpus"] for h in gpu["holders"]}
-
-
-def running_gpu_containers(stack):
-    found = {}
-    for c in stack.client.containers.list(filters={"label": "org.gpuhub.user"}):
-        if c.name.startswith(stack.prefix):
-            ids = [i for r in c.attrs["HostConfig"].get("DeviceRequests") or []
-                   for i in r.get("DeviceIDs") or []]
-            if ids:
-                found[c.labels["org.gpuhub.user"]] = ids[0]
-    return found
-
-
 def test_spawn_keeps_users_and_gpus_in_postgresql(pg_stack):
     s = pg_stack
     assert s.api("POST", "/users/ada").status_code in (201, 409)
@@ -92,7 +59,7 @@ def test_spawn_keeps_users_and_gpus_in_postgresql(pg_stack):
     assert {"users", "spawners", "api_tokens", "alembic_version",
             "gpuhub_gpu_slots", "gpuhub_gpu_usage"} <= tables, tables
     assert ["ada"] in psql(s, "SELECT name FROM users")
-    assert psql(s, "SELECT user_name, gpu_uuid FROM gpuhub_gpu_slots") == [["ada", holders(s)["ada"]]]
+    assert psql(s, "SELECT user_name, gpu_uuid FROM gpuhub_gpu_slots") == [["ada", s.gpu_holders()["ada"]]]
     code, out = s.container("hub").exec_run(["ls", "/srv/jupyterhub"])
     assert "jupyterhub.sqlite" not in out.decode(), "no SQLite database beside PostgreSQL"
 
@@ -117,8 +84,8 @@ def test_gpu_race_on_postgresql_gives_each_gpu_once(pg_stack):
         if u not in started:
             wait_for(lambda: "" not in s.api("GET", f"/users/{u}").json()["servers"], 30,
                      f"{u}'s refused server to clear")
-    assert holders(s) == running_gpu_containers(s)
-    assert sorted(holders(s).values()) == sorted(GPUS), "each GPU held once"
+    assert s.gpu_holders() == s.running_gpu_containers()
+    assert sorted(s.gpu_holders().values()) == sorted(GPUS), "each GPU held once"
     assert len(psql(s, "SELECT gpu_uuid FROM gpuhub_gpu_slots")) == len(GPUS)
 
 
@@ -144,11 +111,11 @@ def test_a_student_reaches_neither_the_database_nor_its_password(pg_stack):
 
 def test_hub_restarts_keep_servers_and_gpus_and_wait_for_the_database(pg_stack):
     s = pg_stack
-    before = holders(s)
+    before = s.gpu_holders()
     assert len(before) == 2
     s.compose("restart", "hub")
     s.wait_healthy()
-    assert holders(s) == before == running_gpu_containers(s)
+    assert s.gpu_holders() == before == s.running_gpu_containers()
     # the database down when the hub starts: the hub waits, says so, and comes up with it
     s.compose("stop", "hub", "postgres")
     s.compose("start", "hub")
@@ -157,16 +124,16 @@ def test_hub_restarts_keep_servers_and_gpus_and_wait_for_the_database(pg_stack):
     assert s.container("hub").status == "running"
     s.compose("start", "postgres")
     s.wait_healthy()
-    assert holders(s) == before == running_gpu_containers(s)
+    assert s.gpu_holders() == before == s.running_gpu_containers()
     for user in before:
         assert s.server_api(user, "/api/status").status_code == 200, f"{user}'s server answers"
     # and the freed GPU goes to the next student
     first = sorted(before)[0]
     s.stop_server(first)
-    assert first not in holders(s)
+    assert first not in s.gpu_holders()
     assert s.api("POST", "/users/late").status_code in (201, 409)
     s.start_server("late", course="deep-learning")
-    assert holders(s)["late"] == before[first]
+    assert s.gpu_holders()["late"] == before[first]
 
 
 def test_the_move_command_runs_in_the_hub_image_and_refuses_a_used_database(pg_stack):
