@@ -201,6 +201,7 @@ class GpuhubSpawner(DockerSpawner):
     # that making and removing networks never queues in front of DockerSpawner's calls
     # (its executor has a single thread for all spawners)
     _network_pool = None
+    _pool_started = False  # the sweep and the first fill ran (_start_network_pool)
     _pool_executor = None
     _pool_client = None
     _teardowns = {}  # network name -> the future of its removal
@@ -402,12 +403,15 @@ class GpuhubSpawner(DockerSpawner):
         """Once per hub process, in the background: remove the networks a former hub left
         (netpool.sweep), then fill the pool."""
         cls = GpuhubSpawner
-        if cls._network_pool is not None:
+        # its own flag, not "is there a pool": at a hub start, poll() of a running server
+        # makes the pool (to hold its network) before any spawn starts it
+        if cls._pool_started:
             return
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # not in the hub's loop (a test): the first start() does it
             return
+        cls._pool_started = True
         pool = self._pool()
 
         def sweep(api):

@@ -204,3 +204,33 @@ def test_the_sweep_at_start_removes_only_networks_nobody_uses_or_names():
 def test_no_container_name_is_a_pool_network_name(user):
     # escaped names hold only a-z, 0-9 and '-' (hub/names.py): never the pool's '_'
     assert not netpool.is_pool_network(f"gpuhub-{names.docker_name_part(user)}", "gpuhub")
+
+
+def test_the_sweep_and_first_fill_run_although_a_running_server_made_the_pool_first(
+        monkeypatch):
+    """At a hub start, poll() of a server still running holds its network in the pool
+    (GpuhubSpawner._rejoin) before any spawn: the pool's sweep and first fill must still
+    run at the first spawn, or the pool stays empty and leftovers stay for good."""
+    import asyncio
+
+    from hub.spawner import GpuhubSpawner
+    monkeypatch.setattr(GpuhubSpawner, "_network_pool", None)
+    monkeypatch.setattr(GpuhubSpawner, "_pool_started", False)
+
+    class Recorder(GpuhubSpawner):
+        ran = []
+
+        async def _in_pool_thread(self, fn, *args):
+            self.ran.append(fn.__name__)
+            return []
+
+    spawner = Recorder(network_pool_size=2)
+    spawner._pool().hold("gpuhub-pool_running")  # what _rejoin does at the hub's start
+
+    async def first_spawn():
+        spawner._start_network_pool()
+        spawner._start_network_pool()  # once per hub process
+        for _ in range(10):
+            await asyncio.sleep(0)
+    asyncio.run(first_spawn())
+    assert Recorder.ran == ["sweep", "_refill"]
