@@ -7,6 +7,7 @@ Run: python -m guard.server (settings from the environment, see guard/README.md)
 import asyncio
 import logging
 import os
+import signal
 import socket
 import stat
 
@@ -162,7 +163,15 @@ async def serve(path=LISTEN):
     # another user, so the socket is open to every user that can reach the file
     os.chmod(path, 0o666)
     log.info("listening on %s", path)
-    await asyncio.Event().wait()
+    # PID 1 in its container: without handlers SIGTERM is ignored and `docker stop`
+    # waits out its timeout before it kills the guard
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("stopping: signal received")
+    await runner.cleanup()
 
 
 def main():

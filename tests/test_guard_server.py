@@ -5,6 +5,10 @@ The real engine: tests/e2e/test_guard_e2e.py."""
 import asyncio
 import gzip
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -12,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from guard.server import make_app
 
 from .test_guard_rules import HELPER, POLICY, USER, good_body
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class Calls(list):
@@ -140,4 +146,31 @@ async def test_an_engine_error_during_a_check_fails_closed(tmp_path):
         assert ("POST", "/v1.41/containers/broken/stop") not in calls
     finally:
         await client.close()
+        await runner.cleanup()
+
+
+async def test_the_guard_process_stops_at_once_on_sigterm(tmp_path):
+    """`docker stop` sends SIGTERM to the guard, PID 1 in its container: it must end
+    (exit 0, socket closed) rather than wait to be killed after the stop timeout."""
+    runner, engine, _ = await fake_engine(tmp_path)
+    listen = tmp_path / "guard.sock"
+    env = {**os.environ, "GUARD_SOCKET": str(listen), "GUARD_ENGINE_SOCKET": engine}
+    guard = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "guard.server", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        for _ in range(200):
+            if listen.exists() or guard.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert listen.exists(), (await guard.stdout.read()).decode()
+        guard.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(guard.wait(), 10)
+        output = (await guard.stdout.read()).decode()
+        assert rc == 0, output
+        assert "stopping: signal received" in output
+    finally:
+        if guard.returncode is None:
+            guard.kill()
+            await guard.wait()
         await runner.cleanup()

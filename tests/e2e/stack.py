@@ -108,6 +108,7 @@ class Stack:
         self.project = name
         self.real_traefik = real_traefik
         self.token = secrets.token_hex(16)
+        self._cleared = False  # leftovers of this project removed (create())
         subnet = free_subnet(client)
         self.prefix = f"{name}x"
         self.env = {
@@ -174,6 +175,12 @@ class Stack:
         """`compose up` (by default --no-start: networks, volumes, containers; with "-d"
         started), again with another control subnet where it was taken meanwhile."""
         args = args or ("--no-start",)
+        if not self._cleared:
+            # what a run killed half-way left of this project on the engine (its containers
+            # still attached to a control network of another subnet, its servers, volumes):
+            # compose would recreate the containers on the old network and fail
+            self.down()
+            self._cleared = True
         for attempt in range(3):
             result = self.compose("up", *args, check=False)
             # another stack on this engine took the control subnet between free_subnet()
@@ -244,8 +251,7 @@ class Stack:
     def down(self):
         for c in self.client.containers.list(all=True, filters={"name": self.prefix}):
             c.remove(force=True)
-        # --timeout 1: the guard and the stand-in proxy run Python as PID 1, which ignores
-        # SIGTERM, so each waited out Docker's 10 s in turn; nothing is kept after a down
+        # --timeout 1: nothing is kept after a down, so no service needs a grace period
         self.compose("down", "-v", "--remove-orphans", "--timeout", "1", check=False, timeout=300)
         # the servers' own networks (hub/networks.py): the hub removes one when its server
         # stops, not when the stack goes with servers still running; left, they take /28s

@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import tomllib
@@ -190,6 +191,8 @@ class Forwarder(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    # PID 1 in its container ignores SIGTERM unless it has a handler: `docker stop` ends it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, _, port = BIND.rpartition(":")
     print(f"standin: Traefik API stand-in on {BIND}, reading {DYNAMIC_DIR}; "
           f"forwarding plain HTTP on :{STANDIN_HTTP_PORT}", flush=True)
