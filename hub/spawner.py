@@ -17,6 +17,7 @@ from dockerspawner import DockerSpawner, SwarmSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from docker.utils import kwargs_from_env
+from jupyterhub.utils import maybe_future
 from traitlets import Any, Dict, Float, Integer, List, Unicode, default
 
 from . import culling, gpu_hours, imagerefs, names, netpool, networks, swarm, volumes
@@ -216,6 +217,7 @@ class GpuhubSpawner(DockerSpawner):
         super().__init__(**kwargs)
         self.gpus = []
         self._peers_checked = False
+        self._stop_ran = False  # stop() ran in this stop of the server (run_post_stop_hook)
         self._gpu_notice = Notice()
         if self.network_pool_size > 0:
             self._start_network_pool()
@@ -327,6 +329,7 @@ class GpuhubSpawner(DockerSpawner):
             yield event
 
     async def start(self):
+        self._stop_ran = False
         course = self.chosen_course()
         if course:
             self.image = course.image
@@ -653,12 +656,33 @@ class GpuhubSpawner(DockerSpawner):
             self.gpu_queue.notify()
 
     async def stop(self, now=False):
+        self._stop_ran = True
         try:
             await super().stop(now=now)
             if self.remove:
                 self._tear_down_network()
         finally:
             await self._release()
+
+    async def run_post_stop_hook(self):
+        """Also what stop() would have done, where JupyterHub did not call it.
+
+        Why: JupyterHub's User.stop() calls stop() only when poll() says the server still
+        runs, then this hook in every case. A server that ended on its own (it crashed, was
+        OOM-killed, its swarm node died) would keep its GPUs, its container or service and
+        its network until the next hub start, and its student would get the same GPU (on
+        a dead node) back."""
+        if not self._stop_ran:
+            self.log.info("%s ended on its own: removing what is left of it", self._log_name)
+            try:
+                if self.object_id:
+                    await self.stop(now=True)
+            except Exception:
+                self.log.exception("Cleaning up after %s", self._log_name)
+            finally:
+                await self._release()
+        self._stop_ran = False
+        return await maybe_future(super().run_post_stop_hook())
 
     async def delete_forever(self):
         await self._release()

@@ -164,3 +164,30 @@ def test_admins_see_holders_in_the_cli_and_metrics(gpu_stack):
                if line.startswith("gpuhub_gpus")}
     assert metrics["gpuhub_gpus_total"] == len(GPUS)
     assert metrics["gpuhub_gpus_in_use"] == len(held)
+
+
+def test_a_server_that_dies_gives_back_its_gpu_and_container(gpu_stack):
+    """The kernel's OOM killer (here `docker kill`) ends a student's GPU server. The hub's
+    poll reports it gone; its GPU goes back at once, not at the next hub start: all three
+    GPUs can then be taken by three other students. JupyterHub does not call stop() for a
+    server that ended on its own (hub.spawner.GpuhubSpawner.run_post_stop_hook)."""
+    s = gpu_stack
+    for user, model in {u["name"]: u for u in s.api("GET", "/users").json()}.items():
+        if model["servers"].get(""):
+            s.stop_server(user)
+    assert s.api("POST", "/users/doomed").status_code in (201, 409)
+    s.start_server("doomed", course="deep-learning")
+    container = s.user_container("doomed")
+    uuid = device_ids(container)[0][0]
+    container.kill()
+    # JupyterHub polls each server every 30 s (Spawner.poll_interval)
+    wait_for(lambda: "" not in s.api("GET", "/users/doomed").json()["servers"], 120,
+             "the hub to see doomed's server gone")
+    wait_for(lambda: holders(s)[uuid] == [], 30, "doomed's GPU to be free")
+    assert s.user_container("doomed") is None, "the dead container is removed"
+    others = ["gpu1", "gpu2", "gpu3"]
+    for user in others:
+        s.start_server(user, course="deep-learning")
+    assert sorted(device_ids(s.user_container(u))[0][0] for u in others) == sorted(GPUS)
+    for user in others:
+        s.stop_server(user)
