@@ -350,5 +350,8 @@ class Stack:
                  timeout, f"{user}'s server to stop")
 
     def user_container(self, user):
-        found = self.client.containers.list(all=True, filters={"name": f"{self.prefix}-{user}"})
+        # exactly the name: Docker's name filter also matches longer ones (s1 finds s10)
+        name = f"{self.prefix}-{user}"
+        found = [c for c in self.client.containers.list(all=True, filters={"name": name})
+                 if c.name == name]
         return found[0] if found else None

@@ -3,11 +3,10 @@ a network namespace of its own on this machine (tests/e2e/swarm.py). There is no
 workers advertise fake GPU UUIDs as the generic resource NVIDIA-GPU (`node-generic-resources`
 in their daemon.json), which is all the hub reads; the no-op nvidia hook is on their PATH."""
 
-import asyncio
 import json
 import shutil
 import subprocess
-import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -110,126 +109,24 @@ def test_the_swarm_is_gone_after_teardown(tmp_path):
     assert not Path(s.manager.sock).exists()
 
 
-# -- GpuhubSwarmSpawner itself against the real swarm. No hub process: the spawners get a
-# -- stand-in user and JupyterHub's Hub object, run a shell command instead of Jupyter
-# -- (ready_poll_interval=0: nothing answers HTTP), and talk to the manager's engine directly,
-# -- not through the guard (its swarm rows are tests/test_guard_swarm.py).
-
-PREFIX = f"gpuhub-sw{RUN_ID}"
-CATALOG = """courses:
-  - slug: dl
-    display_name: Deep learning
-    image: gpuhub-standin/python:bookworm
-    gpus: 1
-  - slug: cpu
-    display_name: Python, no GPU
-    image: gpuhub-standin/python:bookworm
-"""
-
-
 @pytest.fixture(scope="module")
-def hub_side(swarm, tmp_path_factory, docker_client):
-    """What the hub holds: the inventory read from the nodes, the allocator's database, the
-    catalog, and the overlay (created as docs/scale-out.md says)."""
-    from hub import courses, gpus, swarm as hs
-    from hub.gpu_store import GpuAllocator
-    api = swarm.manager.client.api
-    api.create_network("gpuhub-swarm", driver="overlay", attachable=True)
-    work = tmp_path_factory.mktemp("hub")
-    (work / "catalog.yaml").write_text(CATALOG)
-    allocator = GpuAllocator(f"sqlite:///{work / 'gpus.sqlite'}",
-                             hs.node_gpus(api.nodes()), gpus.Policy())
-    return types.SimpleNamespace(allocator=allocator, catalog=courses.load_catalog(work / "catalog.yaml"))
+def overlay(swarm):
+    """The attachable overlay of hub, proxy and servers, created as docs/scale-out.md says."""
+    swarm.manager.client.api.create_network("gpuhub-swarm", driver="overlay", attachable=True)
+    return "gpuhub-swarm"
 
 
-def make_spawner(swarm_, hub_side, student, command, course="dl", homes="pinned"):
-    """Pinned homes: a volume per student, kept on its node. "shared" stands for homes on
-    NFS (no NFS server here): no home volume, servers on any node."""
-    from jupyterhub.objects import Hub
-
-    from hub.spawner import GpuhubSwarmSpawner
-    user = types.SimpleNamespace(name=student, escaped_name=student, url=f"/user/{student}/",
-                                 groups=[], id=1)
-    spawner = GpuhubSwarmSpawner(
-        user=user, hub=Hub(), orm_spawner=None, catalog=hub_side.catalog,
-        gpu_allocator=hub_side.allocator, ready_poll_interval=0, network_name="gpuhub-swarm",
-        prefix=PREFIX, use_internal_ip=True, cmd=["sh", "-c", command],
-        notebook_dir="/var/tmp", homes=homes,
-        volumes={f"{PREFIX}-user-{{username}}": "/var/tmp"} if homes == "pinned" else {},
-        client_kwargs={"base_url": swarm_.manager.url}, user_options={"course": course})
-    spawner.api_token = "not-used"
-    return spawner
-
-
-async def spawn(spawner):
-    """What JupyterHub does: the pre-spawn hook (the GPU), then start()."""
-    await spawner.run_pre_spawn_hook()
-    return await spawner.start()
-
-
-async def wait_running(spawner, timeout=120):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        task = await spawner.get_task()
-        if task and task["Status"]["State"] == "running":
-            return task
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"{spawner.user.name}'s task is not running after {timeout}s")
+def services_named(swarm_, name):
+    """The services called exactly `name` (Docker's name filter also matches longer names:
+    s1 would find s10 and s11)."""
+    return [sv for sv in swarm_.manager.client.api.services(filters={"name": name})
+            if sv["Spec"]["Name"] == name]
 
 
 def container_env(swarm_, task):
     node = {n.node_id(): n for n in swarm_.nodes}[task["NodeID"]]
     container = node.client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
     return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
-
-
-SPAWNERS = {}  # student -> spawner, shared by the tests below (they run in order)
-
-
-async def test_twelve_students_racing_for_two_plus_two_gpus_get_four_each_on_its_gpus_node(
-        swarm, hub_side):
-    from tornado import web
-    ids = {n.hostname: n.node_id() for n in swarm.nodes}
-    assert sorted((g.node, g.uuid) for g in hub_side.allocator.inventory) == sorted(
-        (ids[swarm.nodes[i].hostname], uuid) for i, uuids in GPUS.items() for uuid in uuids)
-    spawners = [make_spawner(swarm, hub_side, f"s{n}", "sleep 3600", homes="shared")
-                for n in range(12)]
-    results = await asyncio.gather(*(spawn(s) for s in spawners), return_exceptions=True)
-    started = [s for s, r in zip(spawners, results) if not isinstance(r, BaseException)]
-    refused = [r for r in results if isinstance(r, BaseException)]
-    assert len(started) == 4, results
-    assert all(isinstance(r, web.HTTPError) and r.status_code == 503 for r in refused), refused
-    assert len({s.gpus[0].uuid for s in started}) == 4  # none twice
-    for spawner in started:
-        task = await wait_running(spawner)
-        assert task["NodeID"] == spawner.gpus[0].node, spawner.user.name  # its GPU's node
-        # ... where its container sees exactly that GPU
-        assert container_env(swarm, task)["NVIDIA_VISIBLE_DEVICES"] == spawner.gpus[0].uuid
-        SPAWNERS[spawner.user.name] = spawner
-
-
-async def test_a_students_files_survive_a_stop_and_a_start_in_pinned_home_mode(swarm, hub_side):
-    # the CPU course: nothing but the home decides where the server goes
-    spawner = make_spawner(swarm, hub_side, "pinned-ann",
-                           "echo 'my thesis' > /var/tmp/notes.txt && sleep 3600", course="cpu")
-    await spawn(spawner)
-    first = await wait_running(spawner)
-    assert spawner.home_node == first["NodeID"]
-    await spawner.stop()  # the service goes, the volume stays on that node
-    spawner.clear_state()  # what JupyterHub does after a stop, before it saves the state
-    state = spawner.get_state()
-    assert state["home_node"] == first["NodeID"]
-    # a new spawner from the saved state, as after a hub restart
-    again = make_spawner(swarm, hub_side, "pinned-ann", "cat /var/tmp/notes.txt && sleep 3600",
-                         course="cpu")
-    again.load_state(state)
-    await spawn(again)
-    second = await wait_running(again)
-    assert second["NodeID"] == first["NodeID"]
-    logs = lambda: swarm.manager.docker("service", "logs", "--raw", again.service_name,  # noqa: E731
-                                        check=False).stdout
-    wait_for(lambda: "my thesis" in logs(), 60, "the second server to read the first's file")
-    await again.stop()
 
 
 # -- The hub container itself on the manager (docker-compose.yml with docker-compose.swarm.yml,
@@ -275,21 +172,24 @@ class SwarmStack(Stack):
         return netns_request(self.swarm.manager, method, f"{self.hub_url}/hub/api{path}",
                              headers={"Authorization": f"token {self.token}"}, json_body=json)
 
-    def server_api(self, user, path, method="GET", **kwargs):
+    def server_api(self, user, path, method="GET", json=None, **kwargs):
         return netns_request(self.swarm.manager, method, self.server_url(user) + path,
-                             headers={"Authorization": f"token {self.token}"})
+                             headers={"Authorization": f"token {self.token}"}, json_body=json)
 
 
 @pytest.fixture(scope="module")
-def swarm_hub(swarm, hub_side, tmp_path_factory):
+def swarm_hub(swarm, overlay, tmp_path_factory):
     all_gpus = [g for uuids in GPUS.values() for g in uuids]
     s = SwarmStack(tmp_path_factory.mktemp("swarmhub"), swarm, {
         "GPUHUB_MODE": "swarm", "GPUHUB_SWARM_NETWORK": "gpuhub-swarm",
         "GPUHUB_SWARM_HOMES": "pinned", "GPUHUB_GPUS": ",".join(all_gpus),
+        # no line: a student without a free GPU is refused at once (503)
+        "GPUHUB_GPU_QUEUE_TIMEOUT": "0",
         "GPUHUB_CATALOG": "/srv/gpuhub/catalog/swarm.yaml"})
+    image = s.env["GPUHUB_USER_IMAGE"]
     (s.dir / "catalog" / "swarm.yaml").write_text(
-        "courses:\n  - slug: dl\n    display_name: Deep learning\n"
-        f"    image: {s.env['GPUHUB_USER_IMAGE']}\n    gpus: 1\n")
+        f"courses:\n  - slug: dl\n    display_name: Deep learning\n    image: {image}\n    gpus: 1\n"
+        f"  - slug: cpu\n    display_name: Python, no GPU\n    image: {image}\n")
     try:
         s.up()
         yield s
@@ -305,7 +205,7 @@ def test_the_hub_on_the_manager_spawns_a_students_jupyter_server_on_a_worker(swa
     m, stack = swarm.manager, swarm_hub
     assert stack.api("POST", "/users/ann").status_code in (201, 409)
     stack.start_server("ann", timeout=240, course="dl")
-    services = m.client.api.services(filters={"name": f"{stack.prefix}-ann"})
+    services = services_named(swarm, f"{stack.prefix}-ann")
     assert len(services) == 1, services
     tasks = [t for t in m.client.api.tasks(filters={"service": services[0]["ID"]})
              if t["Status"]["State"] == "running"]
@@ -322,7 +222,7 @@ def test_the_hub_on_the_manager_spawns_a_students_jupyter_server_on_a_worker(swa
     r = stack.server_api("ann", "/api/status")
     assert r.status_code == 200 and "started" in r.json(), r.text
     stack.stop_server("ann")
-    wait_for(lambda: not m.client.api.services(filters={"name": f"{stack.prefix}-ann"}), 60,
+    wait_for(lambda: not services_named(swarm, f"{stack.prefix}-ann"), 60,
              "ann's service to be removed")
     assert stack.api("GET", "/gpus").json()["in_use"] == 0
 
@@ -357,29 +257,121 @@ def test_attacks_from_the_hub_through_the_guard_on_the_manager_are_refused(swarm
     assert swarm.ready_nodes() == len(swarm.nodes)
 
 
-async def test_stopping_a_worker_frees_its_gpus_and_its_students_start_again_elsewhere(
-        swarm, hub_side):
-    """Runs last: it stops worker 2's daemon. poll() reports its students' servers gone,
-    JupyterHub then stops them (GPUs released), and they start again on worker 1, whose
-    students stopped meanwhile."""
+def running_task(swarm_, service_name, timeout=60):
+    """The running task of a student's service; fails listing its tasks if none runs
+    within `timeout` s."""
+    api = swarm_.manager.client.api
+
+    def tasks():
+        services = services_named(swarm_, service_name)
+        return api.tasks(filters={"service": services[0]["ID"]}) if len(services) == 1 else []
+
+    def running():
+        found = [t for t in tasks() if t["Status"]["State"] == "running"]
+        return found[0] if len(found) == 1 else None
+    try:
+        return wait_for(running, timeout, f"a running task of {service_name}")
+    except AssertionError as e:
+        states = [(t["NodeID"][:8], t["Status"]["State"], t["Status"].get("Err", ""),
+                   t["DesiredState"]) for t in tasks()]
+        raise AssertionError(f"{e}; its tasks: {states}") from None
+
+
+def gpu_of(stack, user):
+    held = [g["uuid"] for g in stack.api("GET", "/gpus").json()["gpus"]
+            if any(h["user"] == user for h in g["holders"])]
+    return held[0] if len(held) == 1 else None
+
+
+def is_ready(stack, user):
+    return bool(stack.api("GET", f"/users/{user}").json()["servers"].get("", {}).get("ready"))
+
+
+RACERS = [f"s{n}" for n in range(12)]
+RACE = {}  # racer -> its GPU, for the dead-worker test (the tests run in order)
+
+
+def test_twelve_students_racing_through_the_hub_for_two_plus_two_gpus_get_four(swarm, swarm_hub):
+    """12 students ask the hub at once for the GPU course; 2 + 2 GPUs on two workers: 4
+    servers start, each on its GPU's node and seeing only it, none twice; the 8 others are
+    refused with 503 (no line here) and nothing of theirs runs."""
+    stack = swarm_hub
+    for user in RACERS:
+        assert stack.api("POST", f"/users/{user}").status_code in (201, 409)
+    with ThreadPoolExecutor(len(RACERS)) as pool:
+        answers = dict(zip(RACERS, pool.map(
+            lambda u: stack.api("POST", f"/users/{u}/server", json={"course": "dl"}), RACERS)))
+    started = [u for u, r in answers.items() if r.status_code in (201, 202)]
+    refused = [u for u, r in answers.items() if r.status_code == 503]
+    assert len(started) == 4 and len(refused) == 8, {u: (r.status_code, r.text[:200])
+                                                      for u, r in answers.items()}
+    wait_for(lambda: all(is_ready(stack, u) for u in started), 300,
+             "the four students' servers to be ready")
+    ids = {w.node_id(): index for index, w in enumerate(swarm.nodes)}
+    given = {}
+    for user in started:
+        task = running_task(swarm, f"{stack.prefix}-{user}")
+        uuid = gpu_of(stack, user)
+        assert uuid in GPUS[ids[task["NodeID"]]], (user, uuid, task["NodeID"])  # its GPU's node
+        assert container_env(swarm, task)["NVIDIA_VISIBLE_DEVICES"] == uuid, user
+        given[user] = uuid
+    assert len(set(given.values())) == 4, given  # none twice
+    for user in refused:
+        assert not services_named(swarm, f"{stack.prefix}-{user}"), user
+        wait_for(lambda: "" not in stack.api("GET", f"/users/{user}").json()["servers"], 30,
+                 f"{user}'s refused spawn to be cleared")
+    RACE.update(given)
+
+
+def test_a_students_files_survive_a_stop_and_a_start_in_pinned_home_mode(swarm, swarm_hub):
+    """GPUHUB_SWARM_HOMES=pinned: the student writes a file through Jupyter, the hub stops
+    the server, the next start lands on the node that holds the home volume, and the
+    file is there."""
+    stack = swarm_hub
+    assert stack.api("POST", "/users/pia").status_code in (201, 409)
+    stack.start_server("pia", timeout=300, course="cpu")
+    first = running_task(swarm, f"{stack.prefix}-pia")
+    r = stack.server_api("pia", "/api/contents/thesis.txt", method="PUT",
+                         json={"type": "file", "format": "text", "content": "my thesis"})
+    assert r.status_code in (200, 201), r.text
+    stack.stop_server("pia")
+    wait_for(lambda: not services_named(swarm, f"{stack.prefix}-pia"),
+             60, "pia's service to be removed")
+    stack.start_server("pia", timeout=300, course="cpu")
+    second = running_task(swarm, f"{stack.prefix}-pia")
+    assert second["NodeID"] == first["NodeID"], "the server follows its home"
+    r = stack.server_api("pia", "/api/contents/thesis.txt")
+    assert r.status_code == 200 and r.json()["content"] == "my thesis", r.text
+    stack.stop_server("pia")
+
+
+def test_stopping_a_worker_frees_its_gpus_and_its_students_start_again_elsewhere(swarm, swarm_hub):
+    """Runs last: it stops worker 2's daemon. The hub's poll reports its students' servers
+    gone; their GPUs are freed and their services removed. Pinned homes: a student whose
+    files are on worker 2 is told so (503) rather than given an empty home elsewhere;
+    students whose homes are not there start GPU servers through the hub on worker 1, and
+    worker 2's GPUs, free in the database, are not handed out."""
     from hub import swarm as hs
-    ids = {n.hostname: n.node_id() for n in swarm.nodes}
-    w1, w2 = (ids[w.hostname] for w in swarm.workers)
-    on_w1 = [s for s in SPAWNERS.values() if s.gpus[0].node == w1]
-    on_w2 = [s for s in SPAWNERS.values() if s.gpus[0].node == w2]
-    assert len(on_w1) == len(on_w2) == 2, SPAWNERS  # from the race above
-    for spawner in on_w1:  # worker 1's students go home
-        await spawner.stop()
+    stack, api = swarm_hub, swarm.manager.client.api
+    w1, w2 = (w.node_id() for w in swarm.workers)
+    on_w1 = [u for u, uuid in RACE.items() if uuid in GPUS[1]]
+    on_w2 = [u for u, uuid in RACE.items() if uuid in GPUS[2]]
+    assert len(on_w1) == len(on_w2) == 2, RACE  # from the race above
+    for user in on_w1:  # worker 1's students go home
+        stack.stop_server(user)
     swarm.workers[1].stop()
-    api = swarm.manager.client.api
     wait_for(lambda: w2 not in hs.ready_nodes(api.nodes()), 120, "the manager to see worker 2 down")
-    for spawner in on_w2:
-        assert await spawner.poll() == f"node {w2} is down", spawner.user.name
-        await spawner.stop()  # what JupyterHub does with a server whose poll says it ended
-        assert not hub_side.allocator.held_by(spawner.user.name, "")
-    for spawner in on_w2:
-        spawner.clear_state()
-        await spawn(spawner)
-        task = await wait_running(spawner)
-        assert task["NodeID"] == w1 == spawner.gpus[0].node, spawner.user.name
-    assert {s.gpus[0].uuid for s in on_w2} == set(GPUS[1])
+    # JupyterHub polls each server every 30 s (Spawner.poll_interval)
+    for user in on_w2:
+        wait_for(lambda: "" not in stack.api("GET", f"/users/{user}").json()["servers"], 180,
+                 f"the hub to report {user}'s server gone")
+        wait_for(lambda: gpu_of(stack, user) is None, 30, f"{user}'s GPU to be freed")
+        assert not services_named(swarm, f"{stack.prefix}-{user}"), user
+    r = stack.api("POST", f"/users/{on_w2[0]}/server", json={"course": "dl"})
+    assert r.status_code == 503 and "down" in r.json()["message"], r.text
+    newcomers = ["n1", "n2"]
+    for user in newcomers:
+        assert stack.api("POST", f"/users/{user}").status_code in (201, 409)
+        stack.start_server(user, timeout=300, course="dl")
+        assert running_task(swarm, f"{stack.prefix}-{user}")["NodeID"] == w1, user
+    assert {gpu_of(stack, u) for u in newcomers} == set(GPUS[1])
