@@ -146,6 +146,12 @@ async def make_app(policy=None, engine_socket=ENGINE):
 
 
 async def serve(path=LISTEN):
+    # PID 1 in its container: without handlers SIGTERM is ignored and `docker stop`
+    # waits out its timeout before it kills the guard. Set first: a stop may come at once
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     app = await make_app()
     policy = app[POLICY]
     log.info("guarding %s for containers %s-*, volumes %s-*, user %s, network %s, "
@@ -163,12 +169,6 @@ async def serve(path=LISTEN):
     # another user, so the socket is open to every user that can reach the file
     os.chmod(path, 0o666)
     log.info("listening on %s", path)
-    # PID 1 in its container: without handlers SIGTERM is ignored and `docker stop`
-    # waits out its timeout before it kills the guard
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("stopping: signal received")
     await runner.cleanup()

@@ -21,7 +21,8 @@ import pytest
 import requests
 import yaml
 
-from .browser import Student, add_service, browser, dismiss_news_toast, oidc_deployment, steadily  # noqa: F401
+from .browser import (NETWORK_CHANGED, NetworkChanged, Student, add_service, browser,  # noqa: F401
+                      dismiss_news_toast, oidc_deployment, steadily)
 from .stack import wait_for
 from .test_browser_login import ACCOUNTS, LAB_NAME, sign_in_through_sso
 
@@ -154,9 +155,22 @@ def test_student_trains_a_model_and_watches_it_in_tensorboard(student):
         assert re.search(r"/ 2\.?\d* ?G", usage.first.inner_text()) or "2048" in \
             usage.first.inner_text(), usage.first.inner_text()
         page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"CPU: ")).first.wait_for()
-        # the GPU dashboards, in the left sidebar
-        page.locator('.jp-SideBar .lm-TabBar-tab[title="GPU Dashboards"]').click()
-        page.get_by_text("GPU Utilization").first.wait_for()
+        # the GPU dashboards, in the left sidebar. Their extension's code loads after the
+        # launcher shows: where Chromium dropped it on a network change, the tab never
+        # comes, and JupyterLab is opened again (steadily)
+        def dashboards(attempt):
+            if attempt:
+                page.goto(f"{student.url}/user/student1/lab?reset")
+                page.locator(".jp-LauncherCard").first.wait_for(timeout=120_000)
+            try:
+                page.locator('.jp-SideBar .lm-TabBar-tab[title="GPU Dashboards"]').click(timeout=30_000)
+            except Exception:
+                dropped = [f for f in student.failed if NETWORK_CHANGED in f]
+                if dropped:
+                    raise NetworkChanged(dropped) from None
+                raise
+            page.get_by_text("GPU Utilization").first.wait_for()
+        steadily(student, dashboards, "the GPU dashboards")
         student.shot("10-workbench")
         page.locator('.jp-SideBar .lm-TabBar-tab[title="GPU Dashboards"]').click()
 
